@@ -1,0 +1,36 @@
+"""Fixtures: real gateways (simulated GPUs) on free loopback ports with temp data dirs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import Api, GatewayProcess
+
+
+@pytest.fixture
+def start_gateway(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
+    """Start gateways on demand (each with its own data dir unless given); stop them all."""
+    started: list[GatewayProcess] = []
+
+    def start(data_dir: Path | None = None, **kwargs: Any) -> GatewayProcess:
+        gw = GatewayProcess(data_dir or tmp_path / f"data{len(started)}", **kwargs).start()
+        started.append(gw)
+        return gw
+
+    yield start
+    for gw in started:
+        gw.stop()
+
+
+@pytest.fixture
+def gateway(start_gateway: Callable[..., GatewayProcess]) -> GatewayProcess:
+    return start_gateway()
+
+
+@pytest.fixture
+def api(gateway: GatewayProcess) -> Api:
+    return gateway.api

@@ -1,0 +1,27 @@
+"""`/openapi.json` and `/docs`: the spec and a page that renders it (assets in the package)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vrungpu_gateway.api.base import BaseHandler
+from vrungpu_gateway.api.openapi import build_spec
+
+STATIC = Path(__file__).resolve().parent.parent / "static"
+
+
+class OpenApiHandler(BaseHandler):
+    def get(self) -> None:
+        self.write_json(build_spec(self.settings.get("openapi_extra")))
+
+
+class DocsHandler(BaseHandler):
+    def get(self) -> None:
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.finish((STATIC / "docs" / "index.html").read_bytes())
+
+
+ROUTES = [
+    (r"/openapi.json", OpenApiHandler),
+    (r"/docs", DocsHandler),
+]

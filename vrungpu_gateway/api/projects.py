@@ -1,0 +1,102 @@
+"""`POST /run/project`: a .zip or .py upload, streamed to disk, unpacked into a workspace."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import tornado.web
+
+from vrungpu_gateway.api.base import BaseHandler
+from vrungpu_gateway.api.schemas import parse_task_spec
+from vrungpu_gateway.api.uploads import MultipartSink, UploadedFile, remove_quietly
+from vrungpu_gateway.engine.errors import InvalidRequest
+from vrungpu_gateway.engine.workspace import extract_project, place_script
+
+UPLOAD_FIELDS = ("file", "model_file")
+
+
+@tornado.web.stream_request_body
+class RunProjectHandler(BaseHandler):
+    sink: MultipartSink | None = None
+
+    def prepare(self) -> None:
+        super().prepare()
+        limit = self.gateway.config.max_upload_mb * 2**20
+        self.request.connection.set_max_body_size(limit + 2**20)  # type: ignore[union-attr]
+        self.sink = MultipartSink(
+            self.request.headers.get("Content-Type", ""),
+            self.gateway.layout.uploads,
+            max_file_bytes=limit,
+        )
+
+    def data_received(self, chunk: bytes) -> None:
+        assert self.sink is not None
+        try:
+            self.sink.feed(chunk)
+        except Exception:
+            self.sink.discard()
+            raise
+
+    def on_connection_close(self) -> None:
+        if self.sink is not None:
+            self.sink.discard()
+
+    async def post(self) -> None:
+        assert self.sink is not None
+        sink = self.sink
+        try:
+            sink.finish()
+            upload = _the_file(sink.files)
+            fields = sink.fields
+            spec = parse_task_spec(
+                fields, default_timeout_s=self.gateway.config.default_timeout_s, form=True
+            )
+            entry_point = fields.get("entry_point") or "main.py"
+            prepare = functools.partial(
+                _prepare,
+                upload=upload,
+                entry_point=entry_point,
+                max_bytes=self.gateway.config.max_upload_mb * 2**20 * 4,
+            )
+            record = await self.gateway.tasks.submit(spec=spec, prepare=prepare)
+        finally:
+            sink.discard()
+            self.sink = None
+        self.write_json(
+            {
+                "task_id": record.task_id,
+                "status": "pending",
+                "entry_point": record.entry_point,
+                "message": f"Project uploaded; running {record.entry_point}",
+            },
+            status=202,
+        )
+
+
+def _the_file(files: list[UploadedFile]) -> UploadedFile:
+    chosen = [f for f in files if f.field_name in UPLOAD_FIELDS] or files
+    if not chosen:
+        raise InvalidRequest(
+            'no file in the upload: send it as the "file" field', code="missing_file"
+        )
+    return chosen[0]
+
+
+def _prepare(workspace: Path, *, upload: UploadedFile, entry_point: str, max_bytes: int) -> str:
+    name = upload.filename.lower()
+    try:
+        if name.endswith(".zip"):
+            return extract_project(workspace, upload.path, entry_point, max_bytes=max_bytes)
+        if name.endswith(".py"):
+            return place_script(workspace, upload.path, upload.filename)
+    finally:
+        remove_quietly(upload.path)
+    raise InvalidRequest(
+        f"upload a .zip project or a .py file, not {upload.filename!r}", code="bad_upload"
+    )
+
+
+ROUTES = [
+    (r"/run/project", RunProjectHandler),
+]

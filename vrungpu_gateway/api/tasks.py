@@ -1,0 +1,202 @@
+"""Task routes: run code, inspect, list, cancel, delete, progress, logs and files."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+from typing import Any
+
+from vrungpu_gateway.api.base import BaseHandler
+from vrungpu_gateway.api.schemas import parse_code, parse_task_spec
+from vrungpu_gateway.engine import logs as logfiles
+from vrungpu_gateway.engine.errors import InvalidRequest, NotFound
+from vrungpu_gateway.engine.paths import resolve_inside
+from vrungpu_gateway.engine.workspace import list_files, write_code
+from vrungpu_gateway.protocol import STREAMS, Device, TaskStatus, TaskType
+
+TASK_ID = r"(?P<task_id>[A-Za-z0-9_.-]{1,64})"
+
+
+class RunHandler(BaseHandler):
+    """`POST /run/async` and `POST /run/sync`: run a piece of Python source."""
+
+    wait = False
+
+    async def post(self) -> None:
+        body = self.json_body()
+        code = parse_code(body)
+        spec = parse_task_spec(body, default_timeout_s=self.gateway.config.default_timeout_s)
+        record = await self.gateway.tasks.submit(
+            spec=spec, prepare=functools.partial(write_code, code=code)
+        )
+        if not self.wait:
+            self.write_json(
+                {
+                    "task_id": record.task_id,
+                    "status": TaskStatus.PENDING.value,
+                    "message": f"Task submitted ({record.device})",
+                },
+                status=202,
+            )
+            return
+        await self.gateway.tasks.wait(task_id=record.task_id)
+        self.write_json(await self.gateway.tasks.describe(record.task_id))
+
+
+class RunSyncHandler(RunHandler):
+    wait = True
+
+
+class TaskHandler(BaseHandler):
+    async def get(self, task_id: str) -> None:
+        self.write_json(await self.gateway.tasks.describe(task_id))
+
+    async def delete(self, task_id: str) -> None:
+        await self.gateway.tasks.delete(task_id=task_id)
+        self.write_json({"task_id": task_id, "deleted": True})
+
+
+class TaskListHandler(BaseHandler):
+    async def get(self) -> None:
+        status = self._choice("status", {s.value for s in TaskStatus})
+        task_type = self._choice("task_type", {t.value for t in TaskType})
+        device = self._choice("device", {Device.GPU.value, Device.CPU.value})
+        limit = self.int_argument("limit", 50, minimum=1, maximum=1000)
+        offset = self.int_argument("offset", 0)
+        items, total = await self.gateway.tasks.list(
+            status=status, task_type=task_type, device=device, limit=limit, offset=offset
+        )
+        self.write_json({"tasks": items, "total": total, "limit": limit, "offset": offset})
+
+    def _choice(self, name: str, allowed: set[str]) -> str | None:
+        value = self.get_query_argument(name, None)
+        if value in (None, ""):
+            return None
+        if value not in allowed:
+            raise InvalidRequest(f"{name} must be one of {', '.join(sorted(allowed))}")
+        return value
+
+
+class TaskCancelHandler(BaseHandler):
+    async def post(self, task_id: str) -> None:
+        record = await self.gateway.tasks.cancel(task_id=task_id)
+        self.write_json(
+            {"task_id": task_id, "status": record.status.value, "message": record.error}
+        )
+
+
+class TaskProgressHandler(BaseHandler):
+    async def put(self, task_id: str) -> None:
+        body = self.json_body()
+        progress = body.get("progress")
+        if isinstance(progress, bool) or not isinstance(progress, int | float):
+            raise InvalidRequest("progress must be a number between 0 and 100")
+        message = body.get("message")
+        if message is not None and not isinstance(message, str):
+            raise InvalidRequest("message must be a string")
+        record = await self.gateway.tasks.set_progress(
+            task_id=task_id, progress=float(progress), message=message
+        )
+        self.write_json(
+            {
+                "task_id": task_id,
+                "progress": record.progress,
+                "progress_message": record.progress_message,
+            }
+        )
+
+
+class TaskLogsHandler(BaseHandler):
+    """Bytes offsets here are the ones WebSocket subscriptions use."""
+
+    async def get(self, task_id: str) -> None:
+        await self.gateway.tasks.get(task_id)
+        stream = self.get_query_argument("stream", "all")
+        if stream not in (*STREAMS, "all"):
+            raise InvalidRequest("stream must be stdout, stderr or all")
+        offset = self.optional_int_argument("offset")
+        tail = self.optional_int_argument("tail")
+        if offset is not None and tail is not None:
+            raise InvalidRequest("give offset or tail, not both")
+        if offset is not None and stream == "all":
+            raise InvalidRequest("offset needs stream=stdout or stream=stderr")
+        streams = STREAMS if stream == "all" else (stream,)
+        logs_dir = self.gateway.layout.logs
+        parts = {
+            s: await asyncio.to_thread(_read, logs_dir, task_id, s, offset, tail) for s in streams
+        }
+        body: dict[str, Any] = {"task_id": task_id, "stream": stream}
+        if stream == "all":
+            body["content"] = "".join(p["content"] for p in parts.values())
+            body["streams"] = parts
+        else:
+            body.update(parts[stream])
+        self.write_json(body)
+
+
+MAX_LOG_READ = 8 * 1024 * 1024
+
+
+def _read(
+    logs_dir: Any, task_id: str, stream: str, offset: int | None, tail: int | None
+) -> dict[str, Any]:
+    size = logfiles.log_size(logs_dir, task_id, stream)
+    if tail is not None:
+        text, start = logfiles.tail_lines(logs_dir, task_id, stream, tail)
+        return {"offset": start, "next_offset": size, "size": size, "content": text}
+    start = min(offset or 0, size)
+    data, end = logfiles.read_log(logs_dir, task_id, stream, offset=start, limit_bytes=MAX_LOG_READ)
+    return {
+        "offset": start,
+        "next_offset": end,
+        "size": size,
+        "content": logfiles.decode(data),
+        "complete": end >= size,
+    }
+
+
+class TaskFilesHandler(BaseHandler):
+    """`GET /task/{id}/files` lists the workspace; `/files/{path}` downloads one file."""
+
+    async def get(self, task_id: str, path: str | None = None) -> None:
+        await self.gateway.tasks.get(task_id)
+        workspace = self.gateway.layout.workspace(task_id)
+        if not path:
+            entries = await asyncio.to_thread(list_files, workspace)
+            self.write_json(
+                {
+                    "task_id": task_id,
+                    "files": [
+                        {"path": e.path, "size": e.size, "modified": e.modified} for e in entries
+                    ],
+                }
+            )
+            return
+        target = resolve_inside(workspace, path, what="file path")
+        if not target.is_file():
+            raise NotFound(f"no file {path!r} in task {task_id}'s workspace", code="file_not_found")
+        await self.send_file(target)
+
+    async def send_file(self, target: Any) -> None:
+        self.set_header("Content-Type", "application/octet-stream")
+        self.set_header("Content-Disposition", f'attachment; filename="{target.name}"')
+        self.set_header("Content-Length", str(os.path.getsize(target)))
+        with open(target, "rb") as fh:
+            while chunk := await asyncio.to_thread(fh.read, 1024 * 1024):
+                self.write(chunk)
+                await self.flush()
+        self.finish()
+
+
+ROUTES = [
+    (r"/run/sync", RunSyncHandler),
+    (r"/run/async", RunHandler),
+    (r"/tasks", TaskListHandler),
+    (rf"/task/{TASK_ID}", TaskHandler),
+    (rf"/task/{TASK_ID}/cancel", TaskCancelHandler),
+    (rf"/task/{TASK_ID}/progress", TaskProgressHandler),
+    (rf"/task/{TASK_ID}/logs", TaskLogsHandler),
+    (rf"/task/{TASK_ID}/files", TaskFilesHandler),
+    (rf"/task/{TASK_ID}/files/(?P<path>.+)", TaskFilesHandler),
+]

@@ -1,0 +1,193 @@
+"""The `vrungpu-gateway` command: flags with VRUNGPU_* twins, start-up banner, clean stop."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import tornado.httpserver
+import tornado.netutil
+
+from vrungpu_gateway import __version__
+from vrungpu_gateway.app import make_app
+from vrungpu_gateway.config import GatewayConfig
+from vrungpu_gateway.service import Gateway
+
+log = logging.getLogger("vrungpu_gateway")
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"VRUNGPU_{name}", default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = GatewayConfig()
+    p = argparse.ArgumentParser(
+        prog="vrungpu-gateway",
+        description="Run Python jobs from notebooks on this host's GPUs. Every flag has a "
+        "VRUNGPU_* environment twin (e.g. --data-dir and VRUNGPU_DATA_DIR).",
+    )
+    p.add_argument(
+        "--host",
+        default=_env("HOST", d.host),
+        help="address to bind (default 127.0.0.1; 0.0.0.0 serves the LAN)",
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=int(_env("PORT", str(d.port)) or d.port),
+        help="port (default 9825; 0 picks a free one)",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(_env("DATA_DIR", str(d.data_dir)) or "."),
+        help="database, workspaces, logs, models and uploads (default ./data)",
+    )
+    p.add_argument(
+        "--gpus",
+        default=_env("GPUS", d.gpus),
+        help="auto | none | sim:N (N simulated GPUs) | 0,2 (these GPUs only)",
+    )
+    p.add_argument(
+        "--cpu-slots",
+        type=int,
+        default=int(_env("CPU_SLOTS", str(d.cpu_slots)) or 0),
+        help="jobs that may run at once without a GPU (default 2)",
+    )
+    p.add_argument(
+        "--token",
+        default=_env("TOKEN"),
+        help="API token (default: generated once and kept in DATA_DIR/token)",
+    )
+    p.add_argument(
+        "--no-auth",
+        action="store_true",
+        default=_env("NO_AUTH") in ("1", "true"),
+        help="no token at all; refused unless --host is a loopback address",
+    )
+    p.add_argument(
+        "--kill-grace",
+        type=float,
+        default=float(_env("KILL_GRACE", str(d.kill_grace_s)) or 0),
+        help="seconds between SIGTERM and SIGKILL on cancel/timeout (default 10)",
+    )
+    p.add_argument(
+        "--python",
+        default=_env("PYTHON", d.python),
+        help="interpreter jobs run with (default: the gateway's own)",
+    )
+    p.add_argument(
+        "--default-timeout",
+        type=float,
+        default=float(_env("DEFAULT_TIMEOUT", str(d.default_timeout_s)) or 0),
+        help="timeout in seconds for requests that give none (default 3600)",
+    )
+    p.add_argument(
+        "--max-upload-mb",
+        type=int,
+        default=int(_env("MAX_UPLOAD_MB", str(d.max_upload_mb)) or 0),
+        help="largest accepted upload in MB (default 10240)",
+    )
+    p.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[o for o in (_env("ALLOW_ORIGIN") or "").split(",") if o],
+        help="extra browser Origin allowed on the WebSocket (repeatable)",
+    )
+    p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"), help="logging level")
+    p.add_argument("--version", action="version", version=f"vrungpu-gateway {__version__}")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> GatewayConfig:
+    return GatewayConfig(
+        host=args.host,
+        port=args.port,
+        data_dir=args.data_dir,
+        gpus=args.gpus,
+        cpu_slots=args.cpu_slots,
+        token=args.token,
+        no_auth=args.no_auth,
+        kill_grace_s=args.kill_grace,
+        python=args.python,
+        default_timeout_s=args.default_timeout,
+        max_upload_mb=args.max_upload_mb,
+        allow_origins=list(args.allow_origin),
+    )
+
+
+def _url(host: str, port: int) -> str:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    shown = f"[{shown}]" if ":" in shown else shown
+    return f"http://{shown}:{port}"
+
+
+def _write_runtime(gateway: Gateway, url: str, port: int) -> Path:
+    path = gateway.layout.root / "gateway.json"
+    info = {"url": url, "port": port, "pid": os.getpid(), "version": __version__}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(info, fh)
+    return path
+
+
+async def serve(config: GatewayConfig) -> None:
+    gateway = Gateway.create(config)
+    await gateway.start()
+    server = tornado.httpserver.HTTPServer(
+        make_app(gateway),
+        max_body_size=config.max_upload_mb * 2**20 + 2**20,
+        max_buffer_size=64 * 2**20,
+        idle_connection_timeout=3600,
+    )
+    sockets = tornado.netutil.bind_sockets(config.port, address=config.host)
+    server.add_sockets(sockets)
+    port = sockets[0].getsockname()[1]
+    url = _url(config.host, port)
+    runtime = _write_runtime(gateway, url, port)
+    pool = gateway.scheduler.snapshot()
+    print(
+        f"VrunGPU gateway {__version__}: {pool.total_gpus} GPU(s) "
+        f"[{gateway.monitor.backend.kind}], {pool.cpu_slots} CPU slot(s), data in "
+        f"{gateway.layout.root}",
+        flush=True,
+    )
+    shown = f"{url}/?token={gateway.token}" if gateway.token else url
+    print(
+        f"Listening on {url}\n    {shown}\n    dashboard: {url}/dashboard/"
+        f"{'?token=' + gateway.token if gateway.token else ''}",
+        flush=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping: no new requests; ending running jobs")
+    server.stop()
+    await gateway.stop()
+    runtime.unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    config = config_from_args(args)
+    try:
+        config.check()
+        asyncio.run(serve(config))
+    except ValueError as exc:
+        print(f"vrungpu-gateway: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except OSError as exc:
+        print(f"vrungpu-gateway: cannot start: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None

@@ -1,0 +1,67 @@
+"""The gateway's settings: one dataclass, filled from CLI flags and VRUNGPU_* variables."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass
+class GatewayConfig:
+    host: str = "127.0.0.1"
+    port: int = 9825
+    data_dir: Path = Path("./data")
+    gpus: str = "auto"
+    cpu_slots: int = 2
+    token: str | None = None
+    no_auth: bool = False
+    kill_grace_s: float = 10.0
+    python: str = sys.executable
+    default_timeout_s: float = 3600.0
+    max_upload_mb: int = 10240
+    allow_origins: list[str] = field(default_factory=list)
+
+    def check(self) -> None:
+        """Refuse unsafe or impossible combinations with one clear line."""
+        if self.no_auth and not is_loopback(self.host):
+            raise ValueError(
+                f"--no-auth is refused on a non-loopback address ({self.host}); "
+                "use a token when serving a network"
+            )
+        if self.cpu_slots < 0:
+            raise ValueError("--cpu-slots must be >= 0")
+        if self.kill_grace_s < 0:
+            raise ValueError("--kill-grace must be >= 0")
+        if not (0 <= self.port <= 65535):
+            raise ValueError("--port must be between 0 and 65535")
+
+
+def load_or_create_token(data_dir: Path) -> str:
+    """The token saved under the data dir, created (256 random bits) on first start."""
+    path = data_dir / "token"
+    try:
+        token = path.read_text().strip()
+        if token:
+            return token
+    except FileNotFoundError:
+        pass
+    token = secrets.token_hex(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    return token

@@ -1,0 +1,1 @@
+"""The engine: scheduling, job processes, logs and events. No HTTP in here."""

@@ -1,0 +1,39 @@
+"""Errors the engine raises; the HTTP layer maps each class to one status code."""
+
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Base class: ``detail`` is a one-line human message, ``code`` a machine code."""
+
+    code = "error"
+
+    def __init__(self, detail: str, *, code: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if code:
+            self.code = code
+
+
+class InvalidRequest(EngineError):
+    """The caller's input is malformed or asks for something impossible (400)."""
+
+    code = "invalid_request"
+
+
+class NotFound(EngineError):
+    """An unknown task, model or file (404)."""
+
+    code = "not_found"
+
+
+class Conflict(EngineError):
+    """The request does not fit the object's current state (409)."""
+
+    code = "conflict"
+
+
+class TooLarge(EngineError):
+    """An upload or archive exceeds the configured limit (413)."""
+
+    code = "too_large"

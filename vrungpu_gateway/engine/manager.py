@@ -1,0 +1,456 @@
+"""The task manager: the one place that moves tasks through their lives.
+
+It ties the store (rows), the scheduler (who runs where), the runner (processes, through a
+``Supervisor`` per job), the log files and the event bus together. Every call is async and
+keyword-only; blocking work (database, disk) runs off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vrungpu_gateway.engine import logs as logfiles
+from vrungpu_gateway.engine.environment import job_environment, validate_user_env
+from vrungpu_gateway.engine.errors import Conflict, InvalidRequest, NotFound
+from vrungpu_gateway.engine.events import EventBus
+from vrungpu_gateway.engine.layout import DataLayout
+from vrungpu_gateway.engine.logs import Line
+from vrungpu_gateway.engine.progress import Progress
+from vrungpu_gateway.engine.runner import JobSpec, Runner
+from vrungpu_gateway.engine.scheduler import Assignment, Request, Scheduler
+from vrungpu_gateway.engine.supervisor import Outcome, Supervisor
+from vrungpu_gateway.engine.task import TaskRecord, new_id, utcnow
+from vrungpu_gateway.engine.throttle import Throttle
+from vrungpu_gateway.engine.workspace import remove_workspace
+from vrungpu_gateway.protocol import Device, FailureReason, TaskStatus, TaskType
+from vrungpu_gateway.store import tasks as repo
+from vrungpu_gateway.store.db import Database
+
+log = logging.getLogger(__name__)
+
+UPDATE_INTERVAL_S = 0.2  # task_update events per task: at most 5 a second
+PERSIST_INTERVAL_S = 1.0  # progress rows written at most once a second per task
+
+Prepare = Callable[[Path], str]  # fills a new workspace, returns the entry point
+CompletionHook = Callable[[TaskRecord], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A validated run request."""
+
+    name: str | None = None
+    timeout_s: float = 3600.0
+    gpu_id: int | None = None
+    gpus: int = 1
+    device: Device = Device.AUTO
+    env: dict[str, str] = field(default_factory=dict)
+    args: list[str] = field(default_factory=list)
+    priority: int = 0
+    save_model: bool = False
+    model_name: str | None = None
+    task_type: TaskType = TaskType.TRAINING
+    model_id: str | None = None
+
+
+@dataclass
+class LiveTask:
+    record: TaskRecord
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    supervisor: Supervisor | None = None
+    updates: Throttle | None = None
+    persist: Throttle | None = None
+
+
+class TaskManager:
+    def __init__(
+        self,
+        *,
+        db: Database,
+        scheduler: Scheduler,
+        runner: Runner,
+        bus: EventBus,
+        layout: DataLayout,
+        python: str,
+        kill_grace_s: float,
+    ) -> None:
+        self.db = db
+        self.scheduler = scheduler
+        self.runner = runner
+        self.bus = bus
+        self.layout = layout
+        self.python = python
+        self.kill_grace_s = kill_grace_s
+        self.completion_hooks: list[CompletionHook] = []
+        self._live: dict[str, LiveTask] = {}
+        self._jobs: set[asyncio.Task[None]] = set()
+        self._stopping = False
+
+    # -- submission ------------------------------------------------------------------------
+    def _request(self, task_id: str, spec: TaskSpec) -> tuple[Request, str]:
+        has_gpus = bool(self.scheduler.gpu_indices)
+        if spec.device is Device.GPU and not has_gpus:
+            raise InvalidRequest('device "gpu" asked for, but this host has no GPUs', code="no_gpu")
+        if spec.device is Device.CPU and spec.gpu_id is not None:
+            raise InvalidRequest('gpu_id cannot be combined with device "cpu"')
+        use_gpu = spec.device is Device.GPU or (spec.device is Device.AUTO and has_gpus)
+        if spec.gpu_id is not None and not has_gpus:
+            raise InvalidRequest(
+                f"gpu_id {spec.gpu_id} does not exist: this host has no GPUs", code="no_gpu"
+            )
+        use_gpu = use_gpu or spec.gpu_id is not None
+        request = Request(
+            task_id, spec.priority, spec.gpus if use_gpu else 0, spec.gpu_id if use_gpu else None
+        )
+        problem = self.scheduler.validate(request)
+        if problem:
+            raise InvalidRequest(problem, code="unsatisfiable")
+        return request, "gpu" if use_gpu else "cpu"
+
+    async def submit(self, *, spec: TaskSpec, prepare: Prepare) -> TaskRecord:
+        """Validate, prepare the workspace, store the task and queue it."""
+        task_id = new_id()
+        request, device = self._request(task_id, spec)
+        user_env = validate_user_env(spec.env)
+        workspace = self.layout.workspace(task_id)
+        entry_point = await asyncio.to_thread(prepare, workspace)
+        record = TaskRecord(
+            task_id=task_id,
+            status=TaskStatus.PENDING,
+            task_type=spec.task_type,
+            device=device,
+            timeout=spec.timeout_s,
+            entry_point=entry_point,
+            name=spec.name,
+            gpus=request.gpus,
+            gpu_id=request.gpu_id,
+            priority=spec.priority,
+            args=list(spec.args),
+            env=user_env,
+            save_model=spec.save_model,
+            model_name=spec.model_name,
+            model_id=spec.model_id,
+        )
+        try:
+            await self.db.run(repo.save_task, self.db, record)
+        except Exception:
+            await asyncio.to_thread(remove_workspace, workspace)
+            raise
+        log.info("task %s: submitted (%s, priority %s)", task_id, device, spec.priority)
+        self._enqueue(record, request)
+        return record
+
+    def _enqueue(self, record: TaskRecord, request: Request) -> None:
+        self._live[record.task_id] = LiveTask(record)
+        assignments = self.scheduler.submit(request)
+        if record.status is TaskStatus.PENDING and self.scheduler.is_queued(record.task_id):
+            self._set_status(record, TaskStatus.QUEUED)
+        self._start(assignments)
+
+    def _start(self, assignments: list[Assignment]) -> None:
+        for assignment in assignments:
+            job = asyncio.create_task(self._run(assignment))
+            self._jobs.add(job)
+            job.add_done_callback(self._jobs.discard)
+
+    # -- one job -----------------------------------------------------------------------------
+    async def _run(self, assignment: Assignment) -> None:
+        live = self._live[assignment.task_id]
+        record = live.record
+        record.gpu_ids = list(assignment.gpu_ids)
+        record.gpu_id = assignment.gpu_ids[0] if assignment.gpu_ids else None
+        record.started_at = utcnow()
+        self._set_status(record, TaskStatus.RUNNING)
+        live.updates = Throttle(UPDATE_INTERVAL_S, lambda: self._publish(record))
+        live.persist = Throttle(PERSIST_INTERVAL_S, lambda: self._persist(record))
+        supervisor = self._supervisor(live, assignment.gpu_ids)
+        live.supervisor = supervisor
+        try:
+            outcome = await supervisor.run()
+            await self._complete(live, outcome)
+        except Exception as exc:  # never leave a task running in the books
+            log.exception("task %s: supervisor failed", record.task_id)
+            await self._complete(live, Outcome(None, FailureReason.LOST, f"Gateway error: {exc}"))
+
+    def _supervisor(self, live: LiveTask, gpu_ids: tuple[int, ...]) -> Supervisor:
+        record = live.record
+        workspace = self.layout.workspace(record.task_id)
+        env = job_environment(
+            task_id=record.task_id, workspace=str(workspace), gpu_ids=gpu_ids, user_env=record.env
+        )
+        spec = JobSpec(
+            record.task_id, [self.python, "-u", record.entry_point, *record.args], workspace, env
+        )
+
+        def started(pid: int) -> None:
+            record.pid = pid
+            self._persist(record)
+
+        return Supervisor(
+            spec=spec,
+            runner=self.runner,
+            logs_dir=self.layout.logs,
+            timeout_s=record.timeout,
+            grace_s=self.kill_grace_s,
+            on_line=lambda line: self._output(record, line),
+            on_progress=lambda p: self._progress(live, p),
+            on_started=started,
+        )
+
+    async def _complete(self, live: LiveTask, outcome: Outcome) -> None:
+        record = live.record
+        if self._stopping and outcome.failure_reason is FailureReason.CANCELLED:
+            outcome = Outcome(
+                outcome.return_code,
+                FailureReason.LOST,
+                "The gateway stopped while the task was running",
+            )
+        record.return_code = outcome.return_code
+        record.failure_reason = outcome.failure_reason.value if outcome.failure_reason else None
+        record.error = outcome.error
+        status = TaskStatus.COMPLETED if outcome.failure_reason is None else TaskStatus.FAILED
+        if outcome.failure_reason is FailureReason.CANCELLED:
+            status = TaskStatus.CANCELLED
+        if status is TaskStatus.COMPLETED:
+            status = await self._run_hooks(record)
+        await self._finish(live, status)
+        self._start(self.scheduler.release(record.task_id))
+
+    async def _run_hooks(self, record: TaskRecord) -> TaskStatus:
+        for hook in self.completion_hooks:
+            try:
+                await hook(record)
+            except Exception as exc:
+                log.warning("task %s: completion step failed: %s", record.task_id, exc)
+                record.failure_reason = FailureReason.EXIT_CODE.value
+                record.error = f"Post-processing failed: {exc}"
+                return TaskStatus.FAILED
+        record.progress = 100.0
+        return TaskStatus.COMPLETED
+
+    async def _finish(self, live: LiveTask, status: TaskStatus) -> None:
+        for throttle in (live.updates, live.persist):
+            if throttle:
+                throttle.cancel()
+        record = live.record
+        record.completed_at = utcnow()
+        record.status = status
+        await self.db.run(repo.save_task, self.db, record)
+        self._live.pop(record.task_id, None)
+        self._publish(record)
+        live.done.set()
+        log.info("task %s: %s (%s)", record.task_id, status.value, record.error or "ok")
+
+    # -- state changes and their echoes ---------------------------------------------------------
+    def _set_status(self, record: TaskRecord, status: TaskStatus) -> None:
+        record.status = status
+        self._persist(record)
+        self._publish(record)
+
+    def _persist(self, record: TaskRecord) -> None:
+        future = asyncio.ensure_future(self.db.run(repo.save_task, self.db, record.copy()))
+        future.add_done_callback(_log_failure(record.task_id))
+
+    def _publish(self, record: TaskRecord) -> None:
+        task = record.summary()
+        task["queue_position"] = self.scheduler.queue_position(record.task_id)
+        self.bus.publish({"type": "task_update", "task": task})
+
+    def _output(self, record: TaskRecord, line: Line) -> None:
+        self.bus.publish(
+            {
+                "type": "task_output",
+                "task_id": record.task_id,
+                "stream": line.stream,
+                "line": line.text,
+                "offset": line.offset,
+            }
+        )
+
+    def _progress(self, live: LiveTask, progress: Progress) -> None:
+        record = live.record
+        record.progress = progress.percent
+        if progress.message is not None:
+            record.progress_message = progress.message
+        if live.updates and live.persist:
+            live.updates.poke()
+            live.persist.poke()
+
+    # -- queries ------------------------------------------------------------------------------
+    async def get(self, task_id: str) -> TaskRecord:
+        live = self._live.get(task_id)
+        if live is not None:
+            return live.record
+        record = await self.db.run(repo.get_task, self.db, task_id)
+        if record is None:
+            raise NotFound(f"task {task_id} not found", code="task_not_found")
+        return record
+
+    async def describe(
+        self, task_id: str, *, tail_bytes: int = logfiles.TAIL_BYTES
+    ) -> dict[str, Any]:
+        """The full task JSON: summary, queue position and the tails of both streams."""
+        record = await self.get(task_id)
+        task = record.summary()
+        task["queue_position"] = self.scheduler.queue_position(task_id)
+        tails = await asyncio.to_thread(self._tails, task_id, tail_bytes)
+        task.update(tails)
+        return task
+
+    def _tails(self, task_id: str, tail_bytes: int) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for stream in ("stdout", "stderr"):
+            text, cut = logfiles.read_tail(self.layout.logs, task_id, stream, max_bytes=tail_bytes)
+            out[stream], out[f"{stream}_truncated"] = text, cut
+        return out
+
+    async def list(
+        self,
+        *,
+        status: str | None = None,
+        task_type: str | None = None,
+        device: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[dict[str, Any]], int]:
+        records, total = await self.db.run(
+            lambda: repo.list_tasks(
+                self.db,
+                status=status,
+                task_type=task_type,
+                device=device,
+                limit=limit,
+                offset=offset,
+            )
+        )
+        items = []
+        for record in records:
+            live = self._live.get(record.task_id)
+            item = (live.record if live else record).summary()
+            item["queue_position"] = self.scheduler.queue_position(record.task_id)
+            items.append(item)
+        return items, total
+
+    def live_records(self) -> list[TaskRecord]:
+        return [live.record for live in self._live.values()]
+
+    # -- control -----------------------------------------------------------------------------
+    async def wait(self, *, task_id: str, timeout_s: float | None = None) -> TaskRecord:
+        """Wait until the task is terminal (or ``timeout_s`` passes) and return it."""
+        live = self._live.get(task_id)
+        if live is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(live.done.wait()), timeout_s)
+        return await self.get(task_id)
+
+    async def cancel(self, *, task_id: str) -> TaskRecord:
+        live = self._live.get(task_id)
+        if live is None:
+            record = await self.get(task_id)
+            raise Conflict(f"task {task_id} is already {record.status.value}", code="task_not_live")
+        if self.scheduler.cancel(task_id):
+            record = live.record
+            record.failure_reason = FailureReason.CANCELLED.value
+            record.error = "Cancelled before it started"
+            await self._finish(live, TaskStatus.CANCELLED)
+            return record
+        if live.supervisor is not None:
+            live.supervisor.cancel()
+        await live.done.wait()
+        return live.record
+
+    async def delete(self, *, task_id: str) -> None:
+        """Cancel the task if live, then remove its row, workspace and logs."""
+        await self.get(task_id)
+        if task_id in self._live:
+            await self.cancel(task_id=task_id)
+        await self.db.run(repo.delete_task, self.db, task_id)
+        await asyncio.to_thread(self._remove_files, task_id)
+        self.bus.publish({"type": "task_deleted", "task_id": task_id})
+
+    def _remove_files(self, task_id: str) -> None:
+        remove_workspace(self.layout.workspace(task_id))
+        logfiles.remove_logs(self.layout.logs, task_id)
+
+    async def set_progress(
+        self, *, task_id: str, progress: float, message: str | None
+    ) -> TaskRecord:
+        live = self._live.get(task_id)
+        if live is None:
+            record = await self.get(task_id)
+            raise Conflict(
+                f"task {task_id} is {record.status.value}; progress is final", code="task_not_live"
+            )
+        self._progress(live, Progress(min(100.0, max(0.0, progress)), message))
+        if live.persist is None:  # not running yet: write through
+            self._persist(live.record)
+            self._publish(live.record)
+        return live.record
+
+    # -- start and stop ----------------------------------------------------------------------
+    async def recover(self) -> None:
+        """Reconcile what a previous gateway left: re-queue waiting tasks, fail running ones."""
+        statuses = [TaskStatus.PENDING, TaskStatus.QUEUED, TaskStatus.RUNNING]
+        for record in await self.db.run(repo.tasks_with_status, self.db, statuses):
+            if record.status is TaskStatus.RUNNING:
+                await self._mark_lost(record)
+                continue
+            request = Request(record.task_id, record.priority, record.gpus, record.gpu_id)
+            problem = self.scheduler.validate(request)
+            if problem:
+                record.status, record.completed_at = TaskStatus.FAILED, utcnow()
+                record.failure_reason = FailureReason.SPAWN_ERROR.value
+                record.error = f"Cannot run after restart: {problem}"
+                await self.db.run(repo.save_task, self.db, record)
+                continue
+            log.info("task %s: re-queued after restart", record.task_id)
+            self._enqueue(record, request)
+
+    async def _mark_lost(self, record: TaskRecord) -> None:
+        if record.pid:
+            await asyncio.to_thread(_kill_orphan, record.pid, record.task_id)
+        record.status, record.completed_at = TaskStatus.FAILED, utcnow()
+        record.failure_reason = FailureReason.LOST.value
+        record.error = "The gateway stopped while the task was running"
+        await self.db.run(repo.save_task, self.db, record)
+        log.warning("task %s: marked lost (was running when the gateway stopped)", record.task_id)
+
+    async def shutdown(self) -> None:
+        """Stop running jobs (they are recorded as lost); queued ones wait for the next start."""
+        self._stopping = True
+        running = [live for live in self._live.values() if live.supervisor is not None]
+        for live in running:
+            live.supervisor.cancel()  # type: ignore[union-attr]
+        if self._jobs:
+            await asyncio.gather(*self._jobs, return_exceptions=True)
+
+
+def _log_failure(task_id: str) -> Callable[[asyncio.Future[Any]], None]:
+    def check(future: asyncio.Future[Any]) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            log.error("task %s: could not save: %s", task_id, future.exception())
+
+    return check
+
+
+def _kill_orphan(pid: int, task_id: str) -> None:
+    """Kill a job group left by a crashed gateway, if that pid still is our job."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return
+    if f"VRUNGPU_TASK_ID={task_id}".encode() not in environ.split(b"\0"):
+        return
+    try:
+        os.killpg(pid, signal.SIGKILL)
+        log.warning("task %s: killed orphaned process group %s", task_id, pid)
+    except OSError:
+        pass

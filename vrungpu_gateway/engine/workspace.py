@@ -1,0 +1,132 @@
+"""Job workspaces under ``data/workspaces/{task_id}/``: cell code, uploaded files, zip archives.
+
+Every archive member goes through the path-safety check; symlinks, absolute paths and
+``..`` are refused, and the unpacked size is bounded. These functions block (disk I/O):
+run them off the event loop.
+"""
+
+from __future__ import annotations
+
+import shutil
+import stat
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from vrungpu_gateway.engine.errors import InvalidRequest, TooLarge
+from vrungpu_gateway.engine.paths import safe_relative
+
+CODE_FILE = "main.py"
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str
+    size: int
+    modified: float
+
+
+def write_code(workspace: Path, code: str) -> str:
+    workspace.mkdir(parents=True, exist_ok=False)
+    (workspace / CODE_FILE).write_text(code, encoding="utf-8")
+    return CODE_FILE
+
+
+def place_script(workspace: Path, upload: Path, filename: str) -> str:
+    """A single uploaded .py file becomes the workspace's entry point."""
+    name = PurePosixPath(filename.replace("\\", "/")).name  # stored by basename, always
+    if not name or name in (".", ".."):
+        raise InvalidRequest(f"invalid file name {filename!r}", code="bad_upload")
+    workspace.mkdir(parents=True, exist_ok=False)
+    shutil.move(str(upload), workspace / name)
+    return name
+
+
+def _members(
+    archive: zipfile.ZipFile, max_bytes: int
+) -> list[tuple[zipfile.ZipInfo, PurePosixPath]]:
+    members, total = [], 0
+    for info in archive.infolist():
+        mode = info.external_attr >> 16
+        if stat.S_ISLNK(mode):
+            raise InvalidRequest(f"archive holds a symlink: {info.filename!r}", code="unsafe_path")
+        rel = safe_relative(info.filename, what="archive member")
+        total += info.file_size
+        if total > max_bytes:
+            raise TooLarge(f"archive unpacks to more than {max_bytes // 2**20} MB")
+        members.append((info, rel))
+    return members
+
+
+def _strip_single_root(
+    members: list[tuple[zipfile.ZipInfo, PurePosixPath]], entry_point: str
+) -> PurePosixPath | None:
+    """The one top-level folder to strip, when the entry point lives inside it."""
+    if any(str(rel) == entry_point for _, rel in members):
+        return None
+    roots = {rel.parts[0] for _, rel in members if not rel.name.startswith("__MACOSX")}
+    roots.discard("__MACOSX")
+    if len(roots) == 1:
+        root = PurePosixPath(roots.pop())
+        if any(rel == root / entry_point for _, rel in members):
+            return root
+    return None
+
+
+def extract_project(
+    workspace: Path, archive_path: Path, entry_point: str, *, max_bytes: int
+) -> str:
+    """Unpack a zip into ``workspace`` and return the entry point relative to it."""
+    entry = str(safe_relative(entry_point, what="entry_point"))
+    try:
+        archive = zipfile.ZipFile(archive_path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise InvalidRequest(f"not a valid zip archive: {exc}", code="bad_archive") from exc
+    with archive:
+        members = _members(archive, max_bytes)
+        root = _strip_single_root(members, entry)
+        names = {
+            str(rel.relative_to(root)) if root else str(rel)
+            for _, rel in members
+            if root is None or rel.parts[0] == root.name
+        }
+        if entry not in names:
+            scripts = sorted(n for n in names if n.endswith(".py") and "__MACOSX" not in n)
+            listing = ", ".join(scripts[:20]) or "none"
+            raise InvalidRequest(
+                f"entry point {entry!r} not in the archive (its .py files: {listing})",
+                code="entry_point_missing",
+            )
+        workspace.mkdir(parents=True, exist_ok=False)
+        try:
+            for info, rel in members:
+                if root is not None:
+                    if rel.parts[0] != root.name or rel == root:
+                        continue
+                    rel = rel.relative_to(root)
+                target = workspace / rel
+                if info.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(info) as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1024 * 1024)
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            shutil.rmtree(workspace, ignore_errors=True)
+            raise InvalidRequest(f"corrupt zip archive: {exc}", code="bad_archive") from exc
+    return entry
+
+
+def list_files(workspace: Path) -> list[FileEntry]:
+    if not workspace.is_dir():
+        return []
+    entries = []
+    for path in sorted(workspace.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            st = path.stat()
+            entries.append(FileEntry(str(path.relative_to(workspace)), st.st_size, st.st_mtime))
+    return entries
+
+
+def remove_workspace(workspace: Path) -> None:
+    shutil.rmtree(workspace, ignore_errors=True)

@@ -1,0 +1,108 @@
+"""The composition root: builds the store, scheduler, runner, monitor and task manager.
+
+Nothing here knows HTTP; ``app.py`` hands this object to the handlers.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from vrungpu_gateway import __version__
+from vrungpu_gateway.config import GatewayConfig, load_or_create_token
+from vrungpu_gateway.engine.events import EventBus
+from vrungpu_gateway.engine.gpu_monitor import GpuMonitor
+from vrungpu_gateway.engine.layout import DataLayout
+from vrungpu_gateway.engine.manager import TaskManager
+from vrungpu_gateway.engine.runner import LocalProcessRunner, Runner
+from vrungpu_gateway.engine.scheduler import Scheduler
+from vrungpu_gateway.gpus import GpuBackend, parse_gpu_spec
+from vrungpu_gateway.store import registry as model_repo
+from vrungpu_gateway.store import tasks as task_repo
+from vrungpu_gateway.store.db import Database
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Gateway:
+    config: GatewayConfig
+    layout: DataLayout
+    db: Database
+    bus: EventBus
+    scheduler: Scheduler
+    monitor: GpuMonitor
+    tasks: TaskManager
+    token: str | None
+    version: str = __version__
+
+    @classmethod
+    def create(
+        cls,
+        config: GatewayConfig,
+        *,
+        backend: GpuBackend | None = None,
+        runner: Runner | None = None,
+    ) -> Gateway:
+        config.check()
+        layout = DataLayout(config.data_dir.resolve())
+        layout.ensure()
+        backend = backend or parse_gpu_spec(config.gpus)
+        db = Database.sqlite(layout.database)
+        bus = EventBus()
+        scheduler = Scheduler(gpu_indices=backend.indices(), cpu_slots=config.cpu_slots)
+        monitor = GpuMonitor(backend=backend, scheduler=scheduler, bus=bus)
+        tasks = TaskManager(
+            db=db,
+            scheduler=scheduler,
+            runner=runner or LocalProcessRunner(),
+            bus=bus,
+            layout=layout,
+            python=config.python,
+            kill_grace_s=config.kill_grace_s,
+        )
+        token = None if config.no_auth else (config.token or load_or_create_token(layout.root))
+        return cls(config, layout, db, bus, scheduler, monitor, tasks, token)
+
+    async def start(self) -> None:
+        await self.tasks.recover()
+        self.monitor.start()
+
+    async def stop(self) -> None:
+        await self.monitor.stop()
+        await self.tasks.shutdown()
+        self.db.close()
+
+    async def overview(self) -> dict[str, object]:
+        """The `GET /` body."""
+        total_tasks = await self.db.run(task_repo.count_tasks, self.db)
+        models = await self.db.run(model_repo.model_stats, self.db)
+        pool = self.scheduler.snapshot()
+        return {
+            "service": "VrunGPU",
+            "status": "running",
+            "version": self.version,
+            "gpu_count": pool.total_gpus,
+            "available_gpus": len(pool.available_gpus),
+            "gpu_kind": self.monitor.backend.kind,
+            "cpu_slots": pool.cpu_slots,
+            "queued_tasks": len(self.scheduler.queued_ids()),
+            "total_tasks": total_tasks,
+            "total_models": models["total"],
+            "storage": {
+                "workspaces": str(self.layout.workspaces),
+                "models": str(self.layout.models),
+                "database": str(self.layout.database),
+            },
+        }
+
+    async def stats(self) -> dict[str, object]:
+        """The `GET /stats` body."""
+        tasks = await self.db.run(task_repo.task_stats, self.db)
+        models = await self.db.run(model_repo.model_stats, self.db)
+        usage = tasks.pop("usage_count")
+        return {
+            "tasks": tasks,
+            "models": models,
+            "gpu": {"usage_count": usage, "current": self.scheduler.snapshot().as_dict()},
+        }
