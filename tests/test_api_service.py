@@ -24,8 +24,10 @@ def test_health_is_open_and_everything_else_needs_the_token(gateway: GatewayProc
     wrong = requests.get(gateway.url + "/", headers={"Authorization": "token nope"}, timeout=5)
     assert wrong.status_code == 401
     for headers, params in (({"Authorization": f"Bearer {TOKEN}"}, {}), ({}, {"token": TOKEN})):
-        assert requests.get(gateway.url + "/", headers=headers, params=params,
-                            timeout=5).status_code == 200
+        assert (
+            requests.get(gateway.url + "/", headers=headers, params=params, timeout=5).status_code
+            == 200
+        )
 
 
 def test_root_reports_service_and_storage(api: Api, gateway: GatewayProcess) -> None:
@@ -41,13 +43,28 @@ def test_gpu_routes_with_simulated_gpus(api: Api) -> None:
     gpus = api.get("/gpu").json()
     assert gpus["available"] is True and len(gpus["devices"]) == 2
     first = gpus["devices"][0]
-    for key in ("index", "uuid", "name", "memory_total_mb", "memory_used_mb", "memory_free_mb",
-                "utilization_percent", "temperature_c", "task_id"):
+    for key in (
+        "index",
+        "uuid",
+        "name",
+        "memory_total_mb",
+        "memory_used_mb",
+        "memory_free_mb",
+        "utilization_percent",
+        "temperature_c",
+        "task_id",
+    ):
         assert key in first
     assert first["simulated"] is True and first["task_id"] is None
     pool = api.get("/gpu/pool").json()
-    assert pool == {"total_gpus": 2, "available_gpus": [0, 1], "busy_gpus": {},
-                    "allocations": {}, "cpu_slots": 2, "cpu_busy": []}
+    assert pool == {
+        "total_gpus": 2,
+        "available_gpus": [0, 1],
+        "busy_gpus": {},
+        "allocations": {},
+        "cpu_slots": 2,
+        "cpu_busy": [],
+    }
 
 
 def test_stats_shape(api: Api) -> None:
@@ -71,7 +88,9 @@ def test_unknown_route_is_json_404(api: Api) -> None:
 def test_no_gpu_host_takes_cpu_slots(start_gateway: Callable[..., GatewayProcess]) -> None:
     api = start_gateway(gpus="none").api
     assert api.get("/gpu").json()["devices"] == []
-    task = api.post("/run/sync", json={"code": "import os; print(repr(os.environ['CUDA_VISIBLE_DEVICES']))"}).json()
+    task = api.post(
+        "/run/sync", json={"code": "import os; print(repr(os.environ['CUDA_VISIBLE_DEVICES']))"}
+    ).json()
     assert task["status"] == "completed" and task["device"] == "cpu"
     assert task["stdout"].strip() == "''"
     for body in ({"code": "1", "device": "gpu"}, {"code": "1", "gpu_id": 0}):
@@ -80,9 +99,21 @@ def test_no_gpu_host_takes_cpu_slots(start_gateway: Callable[..., GatewayProcess
 
 
 def test_no_auth_is_refused_off_loopback(tmp_path) -> None:
-    res = subprocess.run([sys.executable, "-m", "vrungpu_gateway", "--host", "0.0.0.0",
-                          "--no-auth", "--data-dir", str(tmp_path)],
-                         capture_output=True, text=True, timeout=30)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vrungpu_gateway",
+            "--host",
+            "0.0.0.0",
+            "--no-auth",
+            "--data-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert res.returncode == 2
     assert "--no-auth is refused" in res.stderr and "Traceback" not in res.stderr
 
@@ -115,8 +146,11 @@ def test_openapi_lists_exactly_the_routes(api: Api) -> None:
     for pattern, handler in route_table():
         path = re.sub(r"\(\?P<(\w+)>[^)]*\)", r"{\1}", pattern)
         path = re.sub(r"\(\.[*+]\)", "{path}", path).rstrip("$")
-        methods = {m.lower() for m in handler.SUPPORTED_METHODS
-                   if getattr(handler, m.lower()) is not getattr(RequestHandler, m.lower())}
+        methods = {
+            m.lower()
+            for m in handler.SUPPORTED_METHODS
+            if getattr(handler, m.lower()) is not getattr(RequestHandler, m.lower())
+        }
         served.setdefault(path, set()).update(methods)
     documented = {p: set(ops) for p, ops in spec["paths"].items()}
     assert documented == served

@@ -8,14 +8,15 @@ carrying the HTTP status, the gateway's one-line detail and its code.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import requests
 
@@ -47,8 +48,11 @@ def _field_part(boundary: str, name: str, value: str) -> bytes:
     return f"--{boundary}\r\n{disposition}\r\n\r\n{value}\r\n".encode()
 
 
-class _MultipartBody:
-    """A streamed multipart/form-data body: one file plus fields, with upload progress."""
+class _MultipartBody(io.RawIOBase):
+    """A streamed multipart/form-data body: one file plus fields, with upload progress.
+
+    A readable file object with a length, so requests sends a Content-Length and streams it.
+    """
 
     def __init__(
         self,
@@ -57,35 +61,50 @@ class _MultipartBody:
         path: Path,
         on_progress: ProgressCallback | None = None,
     ) -> None:
+        super().__init__()
         self.boundary = uuid.uuid4().hex
         head = b"".join(_field_part(self.boundary, k, v) for k, v in fields.items())
         head += (
             f'--{self.boundary}\r\nContent-Disposition: form-data; name="{file_field}"; '
             f'filename="{path.name}"\r\nContent-Type: application/octet-stream\r\n\r\n'
         ).encode()
-        self._head, self._tail = head, f"\r\n--{self.boundary}--\r\n".encode()
-        self._path = path
-        self.length = len(head) + path.stat().st_size + len(self._tail)
+        self._parts = [
+            io.BytesIO(head),
+            open(path, "rb"),  # noqa: SIM115 - closed in close()
+            io.BytesIO(f"\r\n--{self.boundary}--\r\n".encode()),
+        ]
+        self.length = len(head) + path.stat().st_size + self._parts[2].getbuffer().nbytes
+        self._sent = 0
         self._on_progress = on_progress
+
+    def __len__(self) -> int:
+        return self.length
 
     @property
     def content_type(self) -> str:
         return f"multipart/form-data; boundary={self.boundary}"
 
-    def __iter__(self) -> Iterator[bytes]:
-        sent = 0
-        with open(self._path, "rb") as fh:
-            for chunk in self._chunks(fh):
-                sent += len(chunk)
-                if self._on_progress:
-                    self._on_progress(sent, self.length)
-                yield chunk
+    def readable(self) -> bool:
+        return True
 
-    def _chunks(self, fh: BinaryIO) -> Iterator[bytes]:
-        yield self._head
-        while chunk := fh.read(1024 * 1024):
-            yield chunk
-        yield self._tail
+    def read(self, size: int | None = -1) -> bytes:
+        want = self.length if size is None or size < 0 else size
+        out = b""
+        while self._parts and len(out) < want:
+            chunk = self._parts[0].read(want - len(out))
+            if not chunk:
+                self._parts.pop(0).close()
+                continue
+            out += chunk
+        self._sent += len(out)
+        if out and self._on_progress:
+            self._on_progress(self._sent, self.length)
+        return out
+
+    def close(self) -> None:
+        for part in self._parts:
+            part.close()
+        super().close()
 
 
 def _form(options: dict[str, Any]) -> dict[str, str]:
@@ -160,11 +179,11 @@ class VrunGPUClient(ModelsClientMixin):
         route: str = "/run/project",
         on_progress: ProgressCallback | None = None,
     ) -> Any:
-        body = _MultipartBody(_form(fields), file_field, path, on_progress)
-        headers = {"Content-Type": body.content_type, "Content-Length": str(body.length)}
-        return self._request(
-            "POST", route, data=iter(body), headers=headers, timeout=max(self.timeout, 600)
-        )
+        with _MultipartBody(_form(fields), file_field, path, on_progress) as body:
+            headers = {"Content-Type": body.content_type}
+            return self._request(
+                "POST", route, data=body, headers=headers, timeout=max(self.timeout, 600)
+            )
 
     # -- service -------------------------------------------------------------------------------
     def check_health(self) -> dict[str, Any]:

@@ -10,10 +10,11 @@ import tornado.web
 from vrungpu_gateway.api.base import BaseHandler
 from vrungpu_gateway.api.schemas import parse_task_spec
 from vrungpu_gateway.api.uploads import MultipartSink, UploadedFile, remove_quietly
-from vrungpu_gateway.engine.errors import InvalidRequest
+from vrungpu_gateway.engine.errors import InvalidRequest, TooLarge
 from vrungpu_gateway.engine.workspace import extract_project, place_script
 
 UPLOAD_FIELDS = ("file", "model_file")
+FORM_OVERHEAD = 2**20  # room for the other form fields around the file
 
 
 @tornado.web.stream_request_body
@@ -23,20 +24,25 @@ class RunProjectHandler(BaseHandler):
     def prepare(self) -> None:
         super().prepare()
         limit = self.gateway.config.max_upload_mb * 2**20
-        self.request.connection.set_max_body_size(limit + 2**20)  # type: ignore[union-attr]
+        declared = int(self.request.headers.get("Content-Length") or 0)
+        if declared > limit + FORM_OVERHEAD:
+            raise TooLarge(f"upload larger than {self.gateway.config.max_upload_mb} MB")
+        self.request.connection.set_max_body_size(limit + FORM_OVERHEAD)  # type: ignore[union-attr]
         self.sink = MultipartSink(
             self.request.headers.get("Content-Type", ""),
             self.gateway.layout.uploads,
             max_file_bytes=limit,
         )
+        self.failure: Exception | None = None
 
     def data_received(self, chunk: bytes) -> None:
-        assert self.sink is not None
+        if self.failure is not None or self.sink is None:
+            return  # drain the rest of the body so the client reads our error
         try:
             self.sink.feed(chunk)
-        except Exception:
+        except (InvalidRequest, TooLarge) as exc:
+            self.failure = exc
             self.sink.discard()
-            raise
 
     def on_connection_close(self) -> None:
         if self.sink is not None:
@@ -45,6 +51,8 @@ class RunProjectHandler(BaseHandler):
     async def post(self) -> None:
         assert self.sink is not None
         sink = self.sink
+        if self.failure is not None:
+            raise self.failure
         try:
             sink.finish()
             upload = _the_file(sink.files)

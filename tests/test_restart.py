@@ -1,0 +1,58 @@
+"""Everything persists across restarts; what a stopped gateway left behind is reconciled."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+
+from tests.support import GatewayProcess, pid_alive, wait_for
+
+SLEEP = "import os, time\nprint('started', os.getpid(), flush=True)\ntime.sleep(60)"
+
+
+def test_restart_keeps_tasks_and_their_output(start_gateway: Callable[..., GatewayProcess]) -> None:
+    gw = start_gateway()
+    api = gw.api
+    done = api.post("/run/sync", json={"code": "print('kept')", "name": "keep"}).json()
+    gw.restart()
+    api = gw.api
+    again = api.task(done["task_id"])
+    assert again["status"] == "completed" and again["stdout"] == "kept\n"
+    assert again["name"] == "keep" and again["created_at"] == done["created_at"]
+    assert api.get(f"/task/{done['task_id']}/logs", params={"stream": "stdout"}).json()[
+        "content"] == "kept\n"
+    assert api.get("/").json()["total_tasks"] == 1
+
+
+def test_queued_tasks_run_after_restart_and_running_ones_are_lost(
+    start_gateway: Callable[..., GatewayProcess],
+) -> None:
+    gw = start_gateway(gpus="sim:1")
+    api = gw.api
+    running = api.submit(SLEEP)
+    queued = api.submit("print('ran after restart')", priority=2)
+    t = wait_for(lambda: (t := api.task(running))["stdout"] and t, 10)
+    assert api.task(queued)["status"] == "queued"
+    orphan = int(t["stdout"].split()[1])
+    gw.stop(signal.SIGKILL)  # a crash: no clean shutdown, the job is orphaned
+    gw.start()
+    api = gw.api
+    lost = api.task(running)
+    assert lost["status"] == "failed" and lost["failure_reason"] == "lost"
+    assert "stopped" in lost["error"] and lost["stdout"].startswith("started")
+    wait_for(lambda: not pid_alive(orphan), 10, what="the orphaned job killed at start-up")
+    done = api.wait_status(queued, "completed")
+    assert done["stdout"] == "ran after restart\n"
+
+
+def test_clean_stop_ends_running_jobs(start_gateway: Callable[..., GatewayProcess]) -> None:
+    gw = start_gateway()
+    api = gw.api
+    task_id = api.submit("import os, time\nprint(os.getpid(), flush=True)\ntime.sleep(60)")
+    t = wait_for(lambda: (t := api.task(task_id))["stdout"] and t, 10)
+    pid = int(t["stdout"])
+    assert gw.stop() == 0
+    assert not pid_alive(pid)
+    gw.start()
+    t = gw.api.task(task_id)
+    assert t["status"] == "failed" and t["failure_reason"] == "lost"
