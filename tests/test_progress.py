@@ -10,7 +10,7 @@ from vrungpu_gateway.engine.progress import Progress, parse_progress
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
-        ("[PROGRESS:60:Epoch 6/10 완료, Loss: 0.0234]", Progress(60.0, "Epoch 6/10 완료, Loss: 0.0234")),
+        ("[PROGRESS:60:Epoch 6/10 완료, Loss: 0.1]", Progress(60, "Epoch 6/10 완료, Loss: 0.1")),
         ("[PROGRESS:12.5:half]", Progress(12.5, "half")),
         ("[PROGRESS:50]", Progress(50.0, None)),
         ("log prefix [PROGRESS: 70 : spaced ] suffix", Progress(70.0, "spaced")),
