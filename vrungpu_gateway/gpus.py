@@ -59,7 +59,7 @@ class SimulatedGpus:
     """N pretend GPUs: busy ones report load and memory so dashboards have something real."""
 
     kind = "simulated"
-    error = None
+    error: str | None = None
     MEMORY_MB = 81920
 
     def __init__(self, count: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import os
 from typing import Any
@@ -64,7 +65,7 @@ class TaskListHandler(BaseHandler):
         device = self._choice("device", {Device.GPU.value, Device.CPU.value})
         limit = self.int_argument("limit", 50, minimum=1, maximum=1000)
         offset = self.int_argument("offset", 0)
-        items, total = await self.gateway.tasks.list(
+        items, total = await self.gateway.tasks.list_tasks(
             status=status, task_type=task_type, device=device, limit=limit, offset=offset
         )
         self.write_json({"tasks": items, "total": total, "limit": limit, "offset": offset})
@@ -108,10 +109,11 @@ class TaskProgressHandler(BaseHandler):
 
 
 class TaskLogsHandler(BaseHandler):
-    """Bytes offsets here are the ones WebSocket subscriptions use."""
+    """Whole lines by byte offset or last lines; the offsets are the ones WebSocket
+    subscriptions use, so ``next_offset`` can be handed to a ``subscribe`` and back."""
 
     async def get(self, task_id: str) -> None:
-        await self.gateway.tasks.get(task_id)
+        record = await self.gateway.tasks.get(task_id)
         stream = self.get_query_argument("stream", "all")
         if stream not in (*STREAMS, "all"):
             raise InvalidRequest("stream must be stdout, stderr or all")
@@ -122,10 +124,10 @@ class TaskLogsHandler(BaseHandler):
         if offset is not None and stream == "all":
             raise InvalidRequest("offset needs stream=stdout or stream=stderr")
         streams = STREAMS if stream == "all" else (stream,)
-        logs_dir = self.gateway.layout.logs
-        parts = {
-            s: await asyncio.to_thread(_read, logs_dir, task_id, s, offset, tail) for s in streams
-        }
+        read = functools.partial(
+            _read, self.gateway.layout.logs, task_id, final=record.status.is_terminal()
+        )
+        parts = {s: await asyncio.to_thread(read, s, offset, tail) for s in streams}
         body: dict[str, Any] = {"task_id": task_id, "stream": stream}
         if stream == "all":
             body["content"] = "".join(p["content"] for p in parts.values())
@@ -139,21 +141,16 @@ MAX_LOG_READ = 8 * 1024 * 1024
 
 
 def _read(
-    logs_dir: Any, task_id: str, stream: str, offset: int | None, tail: int | None
+    logs_dir: Any, task_id: str, stream: str, offset: int | None, tail: int | None, *, final: bool
 ) -> dict[str, Any]:
-    size = logfiles.log_size(logs_dir, task_id, stream)
     if tail is not None:
-        text, start = logfiles.tail_lines(logs_dir, task_id, stream, tail)
-        return {"offset": start, "next_offset": size, "size": size, "content": text}
-    start = min(offset or 0, size)
-    data, end = logfiles.read_log(logs_dir, task_id, stream, offset=start, limit_bytes=MAX_LOG_READ)
-    return {
-        "offset": start,
-        "next_offset": end,
-        "size": size,
-        "content": logfiles.decode(data),
-        "complete": end >= size,
-    }
+        offset = logfiles.tail_offset(
+            logs_dir, task_id, stream, tail, final=final, max_bytes=MAX_LOG_READ
+        )
+    part = logfiles.read_lines(
+        logs_dir, task_id, stream, offset=offset or 0, limit_bytes=MAX_LOG_READ, final=final
+    )
+    return dataclasses.asdict(part)
 
 
 class TaskFilesHandler(BaseHandler):

@@ -41,6 +41,7 @@ PERSIST_INTERVAL_S = 1.0  # progress rows written at most once a second per task
 
 Prepare = Callable[[Path], str]  # fills a new workspace, returns the entry point
 CompletionHook = Callable[[TaskRecord], Awaitable[None]]
+SlotHolder = Callable[[Assignment], None]  # told when the scheduler hands it its slot
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,10 @@ class TaskManager:
         self.python = python
         self.kill_grace_s = kill_grace_s
         self.completion_hooks: list[CompletionHook] = []
+        # Pooled runners, per task type (the warm model workers run inference): their tasks
+        # take no slot of their own; the runner's workers hold slots through hold_slot().
+        self.pooled_runners: dict[TaskType, Runner] = {}
+        self._holders: dict[str, SlotHolder] = {}
         self._live: dict[str, LiveTask] = {}
         self._jobs: set[asyncio.Task[None]] = set()
         self._stopping = False
@@ -150,6 +155,10 @@ class TaskManager:
 
     def _enqueue(self, record: TaskRecord, request: Request) -> None:
         self._live[record.task_id] = LiveTask(record)
+        if record.task_type in self.pooled_runners:  # queued until its worker takes it
+            self._set_status(record, TaskStatus.QUEUED)
+            self._start([Assignment(record.task_id, ())])
+            return
         assignments = self.scheduler.submit(request)
         if record.status is TaskStatus.PENDING and self.scheduler.is_queued(record.task_id):
             self._set_status(record, TaskStatus.QUEUED)
@@ -157,6 +166,10 @@ class TaskManager:
 
     def _start(self, assignments: list[Assignment]) -> None:
         for assignment in assignments:
+            holder = self._holders.get(assignment.task_id)
+            if holder is not None:
+                holder(assignment)
+                continue
             job = asyncio.create_task(self._run(assignment))
             self._jobs.add(job)
             job.add_done_callback(self._jobs.discard)
@@ -165,10 +178,8 @@ class TaskManager:
     async def _run(self, assignment: Assignment) -> None:
         live = self._live[assignment.task_id]
         record = live.record
-        record.gpu_ids = list(assignment.gpu_ids)
-        record.gpu_id = assignment.gpu_ids[0] if assignment.gpu_ids else None
-        record.started_at = utcnow()
-        self._set_status(record, TaskStatus.RUNNING)
+        if record.task_type not in self.pooled_runners:
+            self._mark_running(record, assignment.gpu_ids)
         live.updates = Throttle(UPDATE_INTERVAL_S, lambda: self._publish(record))
         live.persist = Throttle(PERSIST_INTERVAL_S, lambda: self._persist(record))
         supervisor = self._supervisor(live, assignment.gpu_ids)
@@ -196,7 +207,7 @@ class TaskManager:
 
         return Supervisor(
             spec=spec,
-            runner=self.runner,
+            runner=self.pooled_runners.get(record.task_type, self.runner),
             logs_dir=self.layout.logs,
             timeout_s=record.timeout,
             grace_s=self.kill_grace_s,
@@ -312,7 +323,7 @@ class TaskManager:
             out[stream], out[f"{stream}_truncated"] = text, cut
         return out
 
-    async def list(
+    async def list_tasks(
         self,
         *,
         status: str | None = None,
@@ -338,6 +349,39 @@ class TaskManager:
             item["queue_position"] = self.scheduler.queue_position(record.task_id)
             items.append(item)
         return items, total
+
+    def _mark_running(self, record: TaskRecord, gpu_ids: tuple[int, ...]) -> None:
+        record.gpu_ids = list(gpu_ids)
+        record.gpu_id = gpu_ids[0] if gpu_ids else None
+        record.started_at = utcnow()
+        self._set_status(record, TaskStatus.RUNNING)
+
+    # -- slots for pooled runners ---------------------------------------------------------------
+    def mark_running(self, *, task_id: str, gpu_ids: tuple[int, ...]) -> None:
+        """A pooled task reached its worker: it runs from now on, on ``gpu_ids``."""
+        live = self._live.get(task_id)
+        if live is not None and live.record.status is not TaskStatus.RUNNING:
+            self._mark_running(live.record, gpu_ids)
+
+    def hold_slot(self, *, request: Request, on_assigned: SlotHolder) -> None:
+        """Queue a slot for something that is not a task (a warm model worker).
+
+        It waits in the one queue, in the same priority/FIFO order as tasks; ``on_assigned``
+        runs when the scheduler hands it out, maybe before this returns.
+        """
+        problem = self.scheduler.validate(request)
+        if problem:
+            raise InvalidRequest(problem, code="unsatisfiable")
+        self._holders[request.task_id] = on_assigned
+        self._start(self.scheduler.submit(request))
+
+    def free_slot(self, *, holder_id: str) -> None:
+        """Withdraw or give back a slot taken with hold_slot; queued work gets it at once."""
+        self._holders.pop(holder_id, None)
+        if not self.scheduler.cancel(holder_id):
+            assignments = self.scheduler.release(holder_id)
+            if not self._stopping:
+                self._start(assignments)
 
     def live_records(self) -> list[TaskRecord]:
         return [live.record for live in self._live.values()]

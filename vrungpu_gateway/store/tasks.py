@@ -113,6 +113,7 @@ def task_stats(db: Database) -> dict[str, Any]:
                 usage[str(index)] = usage.get(str(index), 0) + 1
     durations: dict[str, list[float]] = {}
     for task_type, started, completed in finished:
-        durations.setdefault(task_type, []).append((completed - started).total_seconds())
+        if started is not None and completed is not None:  # guaranteed by the query
+            durations.setdefault(task_type, []).append((completed - started).total_seconds())
     avg = {k: round(sum(v) / len(v), 3) for k, v in durations.items()}
     return {"by_status": by_status, "avg_duration": avg, "last_24h": last_24h, "usage_count": usage}
