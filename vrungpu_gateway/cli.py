@@ -101,6 +101,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=[o for o in (_env("ALLOW_ORIGIN") or "").split(",") if o],
         help="extra browser Origin allowed on the WebSocket (repeatable)",
     )
+    p.add_argument(
+        "--max-warm-models",
+        type=int,
+        default=int(_env("MAX_WARM_MODELS", str(d.max_warm_models)) or 0),
+        help="model workers kept loaded for inference at once, each on a GPU or CPU slot "
+        "(default 2; the least recently used idle one is stopped first)",
+    )
+    p.add_argument(
+        "--worker-idle-timeout",
+        type=float,
+        default=float(_env("WORKER_IDLE_TIMEOUT", str(d.worker_idle_timeout_s)) or 0),
+        help="seconds an idle model worker stays loaded before it frees its slot (default 600)",
+    )
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"), help="logging level")
     p.add_argument("--version", action="version", version=f"vrungpu-gateway {__version__}")
     return p
@@ -120,6 +133,8 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         default_timeout_s=args.default_timeout,
         max_upload_mb=args.max_upload_mb,
         allow_origins=list(args.allow_origin),
+        max_warm_models=args.max_warm_models,
+        worker_idle_timeout_s=args.worker_idle_timeout,
     )
 
 

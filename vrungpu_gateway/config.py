@@ -35,6 +35,8 @@ class GatewayConfig:
     default_timeout_s: float = 3600.0
     max_upload_mb: int = 10240
     allow_origins: list[str] = field(default_factory=list)
+    max_warm_models: int = 2
+    worker_idle_timeout_s: float = 600.0
 
     def check(self) -> None:
         """Refuse unsafe or impossible combinations with one clear line."""
@@ -47,6 +49,10 @@ class GatewayConfig:
             raise ValueError("--cpu-slots must be >= 0")
         if self.kill_grace_s < 0:
             raise ValueError("--kill-grace must be >= 0")
+        if self.max_warm_models < 1:
+            raise ValueError("--max-warm-models must be >= 1")
+        if self.worker_idle_timeout_s <= 0:
+            raise ValueError("--worker-idle-timeout must be > 0")
         if not (0 <= self.port <= 65535):
             raise ValueError("--port must be between 0 and 65535")
 

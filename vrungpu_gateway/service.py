@@ -1,4 +1,5 @@
-"""The composition root: builds the store, scheduler, runner, monitor and task manager.
+"""The composition root: builds the store, scheduler, runner, monitor, task manager,
+warm model workers and model registry.
 
 Nothing here knows HTTP; ``app.py`` hands this object to the handlers.
 """
@@ -14,9 +15,12 @@ from vrungpu_gateway.engine.events import EventBus
 from vrungpu_gateway.engine.gpu_monitor import GpuMonitor
 from vrungpu_gateway.engine.layout import DataLayout
 from vrungpu_gateway.engine.manager import TaskManager
+from vrungpu_gateway.engine.registry import ModelRegistry
 from vrungpu_gateway.engine.runner import LocalProcessRunner, Runner
 from vrungpu_gateway.engine.scheduler import Scheduler
+from vrungpu_gateway.engine.workers import WorkerPool
 from vrungpu_gateway.gpus import GpuBackend, parse_gpu_spec
+from vrungpu_gateway.protocol import TaskType
 from vrungpu_gateway.store import registry as model_repo
 from vrungpu_gateway.store import tasks as task_repo
 from vrungpu_gateway.store.db import Database
@@ -33,6 +37,8 @@ class Gateway:
     scheduler: Scheduler
     monitor: GpuMonitor
     tasks: TaskManager
+    workers: WorkerPool
+    models: ModelRegistry
     token: str | None
     version: str = __version__
 
@@ -61,16 +67,36 @@ class Gateway:
             python=config.python,
             kill_grace_s=config.kill_grace_s,
         )
+        workers = WorkerPool(
+            tasks=tasks,
+            db=db,
+            layout=layout,
+            bus=bus,
+            max_warm=config.max_warm_models,
+            idle_timeout_s=config.worker_idle_timeout_s,
+            grace_s=min(config.kill_grace_s, 5.0),
+        )
+        tasks.pooled_runners[TaskType.INFERENCE] = workers
+        models = ModelRegistry(
+            db=db,
+            layout=layout,
+            tasks=tasks,
+            pool=workers,
+            bus=bus,
+            max_unpack_bytes=config.max_upload_mb * 2**20 * 4,
+        )
         token = None if config.no_auth else (config.token or load_or_create_token(layout.root))
-        return cls(config, layout, db, bus, scheduler, monitor, tasks, token)
+        return cls(config, layout, db, bus, scheduler, monitor, tasks, workers, models, token)
 
     async def start(self) -> None:
+        await self.models.recover()
         await self.tasks.recover()
         self.monitor.start()
 
     async def stop(self) -> None:
         await self.monitor.stop()
         await self.tasks.shutdown()
+        await self.workers.close()
         self.db.close()
 
     async def overview(self) -> dict[str, object]:

@@ -219,6 +219,10 @@ class TaskManager:
     async def _complete(self, live: LiveTask, outcome: Outcome) -> None:
         record = live.record
         if self._stopping and outcome.failure_reason is FailureReason.CANCELLED:
+            if record.status is TaskStatus.QUEUED:  # pooled, no worker took it: re-queued at start
+                self._live.pop(record.task_id, None)
+                live.done.set()
+                return
             outcome = Outcome(
                 outcome.return_code,
                 FailureReason.LOST,

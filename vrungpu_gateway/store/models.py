@@ -5,7 +5,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -64,6 +74,7 @@ class TaskRow(Base):
 
 class ModelRow(Base):
     __tablename__ = "models"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_model_name_version"),)
 
     model_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(200), index=True)
@@ -72,8 +83,11 @@ class ModelRow(Base):
     framework: Mapped[str | None] = mapped_column(String(100))
     status: Mapped[str] = mapped_column(String(16), index=True)
     file_name: Mapped[str | None] = mapped_column(String(500))
-    file_size: Mapped[int] = mapped_column(Integer, default=0)
+    file_size: Mapped[int] = mapped_column(BigInteger, default=0)
     sha256: Mapped[str | None] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(8), default="file")
+    handler: Mapped[str] = mapped_column(String(32), default="builtin")
+    files: Mapped[list[str]] = mapped_column(JSON, default=list)
     task_id: Mapped[str | None] = mapped_column(String(64), index=True)
     metrics: Mapped[Any] = mapped_column(JSON, nullable=True)
     description: Mapped[str | None] = mapped_column(Text)

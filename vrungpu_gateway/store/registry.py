@@ -4,10 +4,88 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
+from vrungpu_gateway.engine.model_record import ArtifactKind, ModelRecord, ModelStatus
 from vrungpu_gateway.store.db import Database
 from vrungpu_gateway.store.models import ModelRow
+
+
+def _to_record(row: ModelRow) -> ModelRecord:
+    values = {name: getattr(row, name) for name in ModelRecord.column_names()}
+    values["status"] = ModelStatus(values["status"])
+    values["kind"] = ArtifactKind(values["kind"])
+    values["files"] = list(values["files"] or [])
+    values["sha256"] = values["sha256"] or ""
+    values["file_name"] = values["file_name"] or ""
+    return ModelRecord(**values)
+
+
+def _columns(record: ModelRecord) -> dict[str, Any]:
+    values = {name: getattr(record, name) for name in ModelRecord.column_names()}
+    values["status"] = record.status.value
+    values["kind"] = record.kind.value
+    values["files"] = list(record.files)
+    return values
+
+
+def insert_model(db: Database, record: ModelRecord) -> ModelRecord:
+    """Store a new model; its version becomes one more than the highest of its name."""
+    with db.session() as session:
+        latest = session.scalar(
+            select(func.max(ModelRow.version)).where(ModelRow.name == record.name)
+        )
+        record.version = (latest or 0) + 1
+        session.add(ModelRow(**_columns(record)))
+    return record
+
+
+def get_model(db: Database, model_id: str) -> ModelRecord | None:
+    with db.session() as session:
+        row = session.get(ModelRow, model_id)
+        return _to_record(row) if row is not None else None
+
+
+def list_models(
+    db: Database,
+    *,
+    name: str | None = None,
+    status: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> tuple[list[ModelRecord], int]:
+    """Newest first (by name, then highest version), filtered; also the matching total."""
+    query = select(ModelRow)
+    if name is not None:
+        query = query.where(ModelRow.name == name)
+    if status is not None:
+        query = query.where(ModelRow.status == status)
+    with db.session() as session:
+        total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+        rows = session.scalars(
+            query.order_by(ModelRow.created_at.desc(), ModelRow.version.desc())
+            .limit(limit)
+            .offset(offset)
+        ).all()
+        return [_to_record(r) for r in rows], total
+
+
+def update_model(db: Database, model_id: str, changes: dict[str, Any]) -> ModelRecord | None:
+    """Set some columns (status, description, metrics) and return the model, None if gone."""
+    with db.session() as session:
+        row = session.get(ModelRow, model_id)
+        if row is None:
+            return None
+        for key, value in changes.items():
+            setattr(row, key, value.value if isinstance(value, ModelStatus) else value)
+        session.flush()
+        return _to_record(row)
+
+
+def delete_model(db: Database, model_id: str) -> bool:
+    with db.session() as session:
+        result = session.execute(delete(ModelRow).where(ModelRow.model_id == model_id))
+        return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 def model_stats(db: Database) -> dict[str, Any]:
