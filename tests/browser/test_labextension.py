@@ -1,0 +1,462 @@
+"""The JupyterLab sidebar and the Jupyter server extension that proxies it to the gateway.
+
+A real gateway (``--gpus sim:2``) and a real ``jupyter lab`` (env ``VRUNGPU_URL`` /
+``VRUNGPU_TOKEN``, isolated config, data, runtime, settings and workspace dirs) are started
+once for the module. The proxy tests use plain HTTP/WebSocket clients; the browser tests drive
+Debian's Chromium (``/usr/bin/chromium``) through Python Playwright, collect the page's console
+errors and assert there are none, and leave screenshots in ``test-artifacts/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.support import REPO, GatewayProcess, wait_for
+
+JUPYTER = shutil.which("jupyter", path=str(Path(sys.executable).parent)) or shutil.which("jupyter")
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = REPO / "test-artifacts"
+JUPYTER_TOKEN = "lab-test-token"
+PANEL = "#vrungpu-panel"
+PROGRESS_CODE = (
+    "import time\n"
+    "for i in range(1,41):\n"
+    "    print(f'[PROGRESS:{i*2.5}:step {i}]', flush=True)\n"
+    "    time.sleep(0.25)"
+)
+
+if JUPYTER is None:
+    pytest.skip("jupyter is not installed", allow_module_level=True)
+pytest.importorskip("jupyterlab", reason="jupyterlab is not installed")
+
+
+@dataclass
+class JupyterProcess:
+    """A `jupyter lab|server` subprocess; `url` is its root, e.g. http://127.0.0.1:PORT/."""
+
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    url: str = ""
+    token: str = JUPYTER_TOKEN
+    auth: dict[str, str] = field(default_factory=dict)
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("timeout", 30)
+        return requests.get(self.url + path, **kwargs)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def _jupyter_env(base: Path, gateway_url: str, gateway_token: str | None) -> dict[str, str]:
+    """Isolated Jupyter dirs; the proxy's gateway comes from the environment."""
+    env = {
+        **os.environ,
+        "JUPYTER_CONFIG_DIR": str(base / "config"),
+        "JUPYTER_DATA_DIR": str(base / "data"),
+        "JUPYTER_RUNTIME_DIR": str(base / "runtime"),
+        "JUPYTER_PLATFORM_DIRS": "1",
+        "VRUNGPU_CONFIG": str(base / "no-vrungpu-config.json"),
+        "VRUNGPU_URL": gateway_url,
+    }
+    env.pop("VRUNGPU_TOKEN", None)
+    if gateway_token:
+        env["VRUNGPU_TOKEN"] = gateway_token
+    return env
+
+
+def _quiet_lab_settings(settings: Path) -> None:
+    """Silence the "receive Jupyter news?" toast that would cover the page."""
+    notification = settings / "@jupyterlab" / "apputils-extension"
+    notification.mkdir(parents=True, exist_ok=True)
+    (notification / "notification.jupyterlab-settings").write_text(
+        json.dumps({"fetchNews": "false", "checkForUpdates": False})
+    )
+
+
+def start_jupyter(
+    base: Path, gateway_url: str, gateway_token: str | None, app: str = "lab"
+) -> JupyterProcess:
+    """Start `jupyter <app>` on a free port and wait until its API answers."""
+    for sub in ("root", "config", "data", "runtime", "settings", "workspaces"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    args = [
+        JUPYTER or "jupyter",
+        app,
+        "--allow-root",
+        "--no-browser",
+        "--ip=127.0.0.1",
+        "--port=0",
+        f"--IdentityProvider.token={JUPYTER_TOKEN}",
+        f"--ServerApp.root_dir={base / 'root'}",
+    ]
+    if app == "lab":
+        _quiet_lab_settings(base / "settings")
+        args += [
+            f"--LabApp.user_settings_dir={base / 'settings'}",
+            f"--LabApp.workspaces_dir={base / 'workspaces'}",
+        ]
+    log_path = base / f"jupyter-{app}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=_jupyter_env(base, gateway_url, gateway_token),
+            cwd=base,
+        )
+    jp = JupyterProcess(proc=proc, log_path=log_path)
+    jp.auth = {"Authorization": f"token {JUPYTER_TOKEN}"}
+    info = wait_for(lambda: _runtime_info(jp, base / "runtime"), 90, 0.2, f"jupyter {app}")
+    assert info is not None
+    jp.url = f"http://127.0.0.1:{info['port']}/"
+    wait_for(lambda: _answers(jp), 30, 0.2, f"jupyter {app} /api/status")
+    return jp
+
+
+def _runtime_info(jp: JupyterProcess, runtime: Path) -> dict[str, Any] | None:
+    if jp.proc.poll() is not None:
+        raise AssertionError(f"jupyter exited with {jp.proc.returncode}:\n{jp.log()}")
+    for path in runtime.glob("jpserver-*.json"):
+        try:
+            return json.loads(path.read_text())
+        except ValueError:  # being written
+            return None
+    return None
+
+
+def _answers(jp: JupyterProcess) -> bool:
+    try:
+        return jp.get("api/status", headers=jp.auth, timeout=5).status_code == 200
+    except requests.ConnectionError:
+        return False
+
+
+def stop_jupyter(jp: JupyterProcess) -> None:
+    if jp.proc.poll() is None:
+        jp.proc.send_signal(signal.SIGTERM)  # a clean shutdown, without SIGINT's prompt
+        try:
+            jp.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            jp.proc.kill()
+            jp.proc.wait()
+
+
+def _dead_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def _plain(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+# --- fixtures --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    gw = GatewayProcess(tmp_path_factory.mktemp("gateway"), gpus="sim:2").start()
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture(scope="module")
+def lab(
+    gateway: GatewayProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[JupyterProcess]:
+    jp = start_jupyter(tmp_path_factory.mktemp("lab"), gateway.url, gateway.token)
+    yield jp
+    stop_jupyter(jp)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install -y chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    with sync_api.sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@dataclass
+class LabPage:
+    page: Any
+    errors: list[str]
+
+    def shot(self, name: str) -> None:
+        ARTIFACTS.mkdir(exist_ok=True)
+        self.page.screenshot(path=str(ARTIFACTS / name))
+
+    def assert_no_errors(self) -> None:
+        self.page.wait_for_timeout(250)  # let Playwright deliver any pending console events
+        assert self.errors == []
+
+
+@pytest.fixture
+def lab_page(browser: Any, lab: JupyterProcess) -> Iterator[LabPage]:
+    """A fresh browser context on JupyterLab, collecting console errors and page errors."""
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+
+    def on_console(msg: Any) -> None:
+        if msg.type == "error":
+            errors.append(f"console: {msg.text}")
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
+    # ?reset: start from an empty layout, whatever an earlier test left in the workspace.
+    page.goto(f"{lab.url}lab?reset&token={lab.token}", wait_until="domcontentloaded")
+    yield LabPage(page, errors)
+    context.close()
+
+
+def open_sidebar(lp: LabPage) -> Any:
+    tab = lp.page.locator('.jp-SideBar.jp-mod-left li[data-id="vrungpu-panel"]')
+    tab.wait_for(state="visible", timeout=90_000)
+    # The layout is restored by the time the splash screen goes.
+    lp.page.wait_for_selector("#jupyterlab-splash", state="detached", timeout=90_000)
+    if "lm-mod-current" not in (tab.get_attribute("class") or ""):
+        tab.click()  # clicking the current tab would close the panel
+    lp.page.wait_for_selector(f'{PANEL}[data-state="ok"]', timeout=30_000)
+    return lp.page.locator(PANEL)
+
+
+# --- packaging -------------------------------------------------------------------------
+
+
+def test_labextension_listed_enabled() -> None:
+    out = subprocess.run(
+        [JUPYTER or "jupyter", "labextension", "list"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    lines = [_plain(line) for line in (out.stdout + out.stderr).splitlines()]
+    ours = [line for line in lines if "vrungpu-labext" in line]
+    assert ours, "\n".join(lines)
+    assert re.search(r"vrungpu-labext v\S+ enabled\s+OK", ours[0]), ours[0]
+
+
+# --- the proxy, without a browser ------------------------------------------------------
+
+
+def test_proxy_returns_gateway_gpu_json(lab: JupyterProcess, gateway: GatewayProcess) -> None:
+    through = lab.get("vrungpu/api/gpu", headers=lab.auth)
+    assert through.status_code == 200, through.text
+    direct = gateway.api.get("/gpu").json()
+    body = through.json()
+    assert body.keys() == direct.keys()
+    assert [(d["index"], d["name"]) for d in body["devices"]] == [
+        (d["index"], d["name"]) for d in direct["devices"]
+    ]
+    assert len(body["devices"]) == 2
+
+
+def test_proxy_requires_jupyter_auth(lab: JupyterProcess) -> None:
+    assert lab.get("vrungpu/api/gpu").status_code in (401, 403)
+    wrong = {"Authorization": "token not-the-jupyter-token"}
+    assert lab.get("vrungpu/api/gpu", headers=wrong).status_code in (401, 403)
+    assert lab.get("vrungpu/dashboard").status_code in (401, 403)
+    # The gateway's token is not Jupyter's: it must not open the proxy either.
+    gw_token = {"Authorization": "token test-token-0123456789abcdef"}
+    assert lab.get("vrungpu/api/gpu", headers=gw_token).status_code in (401, 403)
+
+
+def test_proxy_passes_query_body_and_errors(lab: JupyterProcess, gateway: GatewayProcess) -> None:
+    listed = lab.get("vrungpu/api/tasks?limit=1", headers=lab.auth)
+    assert listed.status_code == 200 and set(listed.json()) >= {"tasks", "total"}
+    submitted = requests.post(
+        lab.url + "vrungpu/api/run/async",
+        json={"code": "print('via the jupyter proxy')", "name": "proxied", "timeout": 60},
+        headers=lab.auth,
+        timeout=30,
+    )
+    assert submitted.status_code == 202, submitted.text
+    task_id = submitted.json()["task_id"]
+
+    def finished() -> dict[str, Any] | None:
+        task = lab.get(f"vrungpu/api/task/{task_id}", headers=lab.auth).json()
+        return task if task["status"] in ("completed", "failed") else None
+
+    task = wait_for(finished, 60, 0.2, "proxied task to finish")
+    assert task is not None
+    assert task["status"] == "completed", task
+    missing = lab.get("vrungpu/api/task/no%20such%2Ftask", headers=lab.auth)
+    assert missing.status_code == 404
+    assert set(missing.json()) >= {"detail", "code"}
+    assert missing.json() == gateway.api.get("/task/no%20such%2Ftask").json()
+
+
+def test_dashboard_link_carries_gateway_token(lab: JupyterProcess, gateway: GatewayProcess) -> None:
+    res = lab.get("vrungpu/dashboard", headers=lab.auth)
+    assert res.status_code == 200
+    assert res.json() == {"url": f"{gateway.url}/dashboard/?token={gateway.token}"}
+
+
+def test_proxy_websocket_relays_gateway_messages(
+    lab: JupyterProcess, gateway: GatewayProcess
+) -> None:
+    import websocket  # websocket-client, a dependency of vrungpu
+
+    if gateway.api.get("/ws").status_code == 404:
+        pytest.skip("this gateway has no /ws route yet")
+    ws_url = lab.url.replace("http://", "ws://") + "vrungpu/ws"
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        websocket.create_connection(ws_url, timeout=10)
+    assert refused.value.status_code in (401, 403)
+    conn = websocket.create_connection(f"{ws_url}?token={lab.token}", timeout=15)
+    try:
+        first = json.loads(conn.recv())
+        assert first["type"] == "init"
+        assert len(first["gpus"]) == 2
+    finally:
+        conn.close()
+
+
+def test_proxy_reports_unreachable_gateway(tmp_path: Path) -> None:
+    dead = start_jupyter(tmp_path, _dead_url(), "whatever", app="server")
+    try:
+        res = dead.get("vrungpu/api/gpu", headers=dead.auth)
+        assert res.status_code == 502
+        body = res.json()
+        assert body["code"] == "gateway_unreachable"
+        assert "unreachable" in body["detail"]
+    finally:
+        stop_jupyter(dead)
+
+
+# --- the sidebar in Chromium -----------------------------------------------------------
+
+
+@pytest.mark.browser
+def test_sidebar_lists_gpus_and_stands_by_when_hidden(lab_page: LabPage) -> None:
+    sockets: list[Any] = []
+
+    def on_socket(ws: Any) -> None:
+        if "/vrungpu/ws" in ws.url:
+            sockets.append(ws)
+
+    lab_page.page.on("websocket", on_socket)
+    panel = open_sidebar(lab_page)
+    rows = panel.locator(".jp-VrunGPU-gpu")
+    rows.first.wait_for(timeout=10_000)
+    assert panel.locator(".jp-VrunGPU-title").inner_text() == "VrunGPU"
+    assert rows.count() == 2
+    assert "Simulated GPU 0" in rows.nth(0).inner_text()
+    assert panel.locator(".jp-VrunGPU-openDashboard").is_visible()
+    lab_page.page.wait_for_selector(f'{PANEL} .jp-VrunGPU-linkState[data-link="open"]')
+    lab_page.shot("labextension-gpus.png")
+    # Hiding the panel closes its socket and stops polling; showing it reconnects.
+    tab = lab_page.page.locator('.jp-SideBar.jp-mod-left li[data-id="vrungpu-panel"]')
+    tab.click()
+    assert sockets
+    for ws in sockets:  # (a plain sleep-loop would not let Playwright deliver the event)
+        if not ws.is_closed():
+            ws.wait_for_event("close", timeout=10_000)
+    assert panel.locator('.jp-VrunGPU-linkState[data-link="idle"]').count() == 1
+    tab.click()
+    lab_page.page.wait_for_selector(f'{PANEL} .jp-VrunGPU-linkState[data-link="open"]')
+    lab_page.assert_no_errors()
+
+
+@pytest.mark.browser
+def test_sidebar_follows_and_cancels_a_task(lab_page: LabPage, gateway: GatewayProcess) -> None:
+    page = lab_page.page
+    panel = open_sidebar(lab_page)
+    task_id = gateway.api.submit(PROGRESS_CODE, timeout=120, name="sidebar-progress")
+    row = panel.locator(f'.jp-VrunGPU-task[data-task-id="{task_id}"]')
+    row.wait_for(timeout=15_000)
+
+    def progress() -> float:
+        return float(row.get_attribute("data-progress") or 0)
+
+    first = wait_for(lambda: progress() > 0 and progress(), 15, 0.1, "progress above 0")
+    wait_for(lambda: progress() > first, 15, 0.1, f"progress rising above {first}")
+    assert row.get_attribute("data-status") == "running"
+    busy = panel.locator('.jp-VrunGPU-gpu[data-busy="true"]')
+    wait_for(lambda: busy.count() == 1, 10, 0.1, "one GPU shown as held")
+    assert "held by sidebar-progress" in busy.inner_text()
+    lab_page.shot("labextension-running.png")
+
+    row.click()
+    log_view = panel.locator(f'.jp-VrunGPU-logSection[data-task-id="{task_id}"]')
+    log_view.wait_for(state="visible", timeout=10_000)
+    log_text = log_view.locator(".jp-VrunGPU-log")
+    wait_for(lambda: "step 2]" in log_text.inner_text(), 15, 0.1, "the task's log")
+    # Replayed from offset 0 and then live: every line once, from the first.
+    assert log_text.inner_text().count("[PROGRESS:2.5:step 1]") == 1
+    cancel = log_view.locator("button.jp-VrunGPU-cancel")
+    assert cancel.is_enabled()
+    cancel.click()
+    page.wait_for_selector(
+        f'{PANEL} .jp-VrunGPU-task[data-task-id="{task_id}"][data-status="cancelled"]',
+        timeout=30_000,
+    )
+    assert gateway.api.task(task_id)["status"] == "cancelled"
+    wait_for(lambda: cancel.is_disabled(), 10, 0.1, "Cancel to be disabled")
+    lab_page.shot("labextension-cancelled.png")
+    lab_page.assert_no_errors()
+
+
+@pytest.mark.browser
+def test_open_dashboard_button_opens_gateway_dashboard(
+    lab_page: LabPage, gateway: GatewayProcess
+) -> None:
+    panel = open_sidebar(lab_page)
+    with lab_page.page.context.expect_page(timeout=15_000) as opened:
+        panel.locator(".jp-VrunGPU-openDashboard").click()
+    popup = opened.value
+    popup.wait_for_load_state("domcontentloaded")
+    assert popup.url.startswith(f"{gateway.url}/dashboard/")
+    lab_page.assert_no_errors()
+
+
+@pytest.mark.browser
+def test_sidebar_shows_gateway_errors(browser: Any, tmp_path: Path) -> None:
+    """With the gateway down, the panel says so (console errors for the 502s are expected)."""
+    dead = start_jupyter(tmp_path, _dead_url(), "whatever")
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    try:
+        page = context.new_page()
+        page.goto(f"{dead.url}lab?token={dead.token}", wait_until="domcontentloaded")
+        tab = page.locator('.jp-SideBar.jp-mod-left li[data-id="vrungpu-panel"]')
+        tab.wait_for(state="visible", timeout=90_000)
+        tab.click()
+        page.wait_for_selector(f'{PANEL}[data-state="error"]', timeout=30_000)
+        status = page.locator(f"{PANEL} .jp-VrunGPU-status").inner_text()
+        assert "unreachable" in status
+        LabPage(page, []).shot("labextension-gateway-down.png")
+    finally:
+        context.close()
+        stop_jupyter(dead)
