@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
+import os
+import re
+from pathlib import Path
 from typing import Any
 
 import tornado.web
@@ -103,6 +107,18 @@ class BaseHandler(tornado.web.RequestHandler):
         if self.get_query_argument(name, None) in (None, ""):
             return None
         return self.int_argument(name, 0)
+
+    async def send_file(self, path: Path, filename: str | None = None) -> None:
+        """Stream a file as an attachment, reading it off the event loop."""
+        shown = re.sub(r"[^A-Za-z0-9._ -]", "_", filename or path.name) or "download"
+        self.set_header("Content-Type", "application/octet-stream")
+        self.set_header("Content-Disposition", f'attachment; filename="{shown}"')
+        self.set_header("Content-Length", str(await asyncio.to_thread(os.path.getsize, path)))
+        with open(path, "rb") as fh:
+            while chunk := await asyncio.to_thread(fh.read, 1024 * 1024):
+                self.write(chunk)
+                await self.flush()
+        self.finish()
 
     # -- errors ------------------------------------------------------------------------------
     def _handle_request_exception(self, e: BaseException) -> None:

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-from pathlib import Path
 from typing import Any
 
 import tornado.web
@@ -243,21 +241,10 @@ class ModelDownloadHandler(BaseHandler):
             if file is None:
                 record = await self.gateway.models.get(model_id)
                 self.set_header("X-Content-SHA256", record.sha256)
-            await self._send(download.path, download.filename)
+            await self.send_file(download.path, download.filename)
         finally:
             if download.temporary:
                 await asyncio.to_thread(download.path.unlink, missing_ok=True)
-
-    async def _send(self, path: Path, filename: str) -> None:
-        shown = re.sub(r"[^A-Za-z0-9._ -]", "_", filename) or "model"
-        self.set_header("Content-Type", "application/octet-stream")
-        self.set_header("Content-Disposition", f'attachment; filename="{shown}"')
-        self.set_header("Content-Length", str(await asyncio.to_thread(os.path.getsize, path)))
-        with open(path, "rb") as fh:
-            while chunk := await asyncio.to_thread(fh.read, 1024 * 1024):
-                self.write(chunk)
-                await self.flush()
-        self.finish()
 
 
 class ModelInferenceHandler(BaseHandler):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import os
 from typing import Any
 
 from vrungpu_gateway.api.base import BaseHandler
@@ -174,16 +173,6 @@ class TaskFilesHandler(BaseHandler):
         if not target.is_file():
             raise NotFound(f"no file {path!r} in task {task_id}'s workspace", code="file_not_found")
         await self.send_file(target)
-
-    async def send_file(self, target: Any) -> None:
-        self.set_header("Content-Type", "application/octet-stream")
-        self.set_header("Content-Disposition", f'attachment; filename="{target.name}"')
-        self.set_header("Content-Length", str(os.path.getsize(target)))
-        with open(target, "rb") as fh:
-            while chunk := await asyncio.to_thread(fh.read, 1024 * 1024):
-                self.write(chunk)
-                await self.flush()
-        self.finish()
 
 
 ROUTES = [

@@ -47,7 +47,7 @@ class Runner(Protocol):
         ...
 
 
-def _signal_group(pgid: int, sig: signal.Signals) -> bool:
+def signal_group(pgid: int, sig: signal.Signals) -> bool:
     """Send ``sig`` to a process group; False when the group is gone."""
     try:
         os.killpg(pgid, sig)
@@ -83,19 +83,19 @@ class LocalProcessHandle:
         code = await self._proc.wait()
         # The leader is gone: end whatever it left behind in its group (as Slurm does), so
         # no orphan keeps a GPU or holds our pipes open, then drain what is left to read.
-        _signal_group(self.pid, signal.SIGKILL)
+        signal_group(self.pid, signal.SIGKILL)
         await asyncio.gather(*self._readers, return_exceptions=True)
         return code
 
     async def kill(self, *, grace_s: float) -> None:
-        if not _signal_group(self.pid, signal.SIGTERM):
+        if not signal_group(self.pid, signal.SIGTERM):
             return
         try:
             await asyncio.wait_for(asyncio.shield(self._proc.wait()), timeout=grace_s)
         except TimeoutError:
             log.info("pid %s ignored SIGTERM for %.1fs: SIGKILL", self.pid, grace_s)
         # Children that outlive the leader die with the group either way.
-        _signal_group(self.pid, signal.SIGKILL)
+        signal_group(self.pid, signal.SIGKILL)
 
 
 class LocalProcessRunner:

@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from vrungpu_gateway.engine import worker_main
-from vrungpu_gateway.engine.runner import OutputCallback
-from vrungpu_gateway.engine.runner import _signal_group as signal_group
+from vrungpu_gateway.engine.runner import OutputCallback, signal_group
 
 log = logging.getLogger(__name__)
 
