@@ -113,6 +113,7 @@ class TaskPanel:
                 self.out,
             ]
         )
+        self.widget.add_class("vrungpu-task-panel")  # a stable hook for styling and browser tests
 
     # -- display ---------------------------------------------------------------------------------
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:

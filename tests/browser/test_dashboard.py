@@ -10,31 +10,21 @@ never logs a failed (401) request.
 from __future__ import annotations
 
 import json
-import os
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import requests
 
 from tests.model_helpers import register_plain
-from tests.support import REPO, TOKEN, GatewayProcess, wait_for
+from tests.support import TOKEN, GatewayProcess, wait_for
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-ARTIFACTS = REPO / "test-artifacts"
+if TYPE_CHECKING:
+    from tests.browser.conftest import WatchedPage
+
 TERMINAL = ("completed", "failed", "cancelled")
 
 PROGRESS_CODE = """\
@@ -51,10 +41,6 @@ for i in range(600):
     time.sleep(0.1)
 """
 
-if not os.path.exists(CHROMIUM):
-    pytest.skip(
-        f"{CHROMIUM} is not installed (apt-get install -y chromium)", allow_module_level=True
-    )
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 expect = sync_api.expect
 expect.set_options(timeout=20_000)
@@ -63,6 +49,7 @@ pytestmark = pytest.mark.browser
 
 
 # --- fixtures --------------------------------------------------------------------------
+# The browser and its watched pages are tests/browser/conftest.py's.
 
 
 @pytest.fixture(scope="module")
@@ -72,19 +59,18 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
     gw.stop()
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
 @dataclass
 class Dashboard:
-    page: Any
-    errors: list[str]
+    view: WatchedPage
     base: str
+
+    @property
+    def page(self) -> Any:
+        return self.view.page
+
+    @property
+    def errors(self) -> list[str]:
+        return self.view.errors
 
     def open(self, hash_: str = "", *, token: str | None = TOKEN) -> None:
         query = f"?token={token}" if token is not None else ""
@@ -94,31 +80,25 @@ class Dashboard:
         self.page.evaluate("h => { location.hash = h; }", hash_)
 
     def shot(self, name: str) -> None:
-        ARTIFACTS.mkdir(exist_ok=True)
-        self.page.screenshot(path=str(ARTIFACTS / f"dashboard-{name}.png"), full_page=True)
+        self.view.shot(f"dashboard-{name}.png", full_page=True)
 
     def row(self, name: str) -> Any:
         title = self.page.locator(".task-title", has_text=name)
         return self.page.locator("tr.task-row", has=title)
 
 
-def new_dashboard(browser: Any, gateway: GatewayProcess, transport: str | None) -> Dashboard:
-    context = browser.new_context(viewport={"width": 1440, "height": 1000})
-    context.set_default_timeout(20_000)
-    if transport:  # force the WebSocket or the REST polling fallback
-        context.add_init_script(f"sessionStorage.setItem('vrungpu.transport', '{transport}')")
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("console", lambda msg: msg.type == "error" and errors.append(f"console: {msg.text}"))
-    page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
-    return Dashboard(page, errors, gateway.url)
+def new_dashboard(
+    new_page: Callable[..., WatchedPage], gateway: GatewayProcess, transport: str | None
+) -> Dashboard:
+    # force the WebSocket or the REST polling fallback
+    force = f"sessionStorage.setItem('vrungpu.transport', '{transport}')" if transport else None
+    view = new_page(viewport=(1440, 1000), timeout_ms=20_000, init_script=force)
+    return Dashboard(view, gateway.url)
 
 
 @pytest.fixture
-def dash(browser: Any, gateway: GatewayProcess) -> Iterator[Dashboard]:
-    d = new_dashboard(browser, gateway, None)
-    yield d
-    d.page.context.close()
+def dash(new_page: Callable[..., WatchedPage], gateway: GatewayProcess) -> Dashboard:
+    return new_dashboard(new_page, gateway, None)
 
 
 # --- tests -----------------------------------------------------------------------------
@@ -146,48 +126,45 @@ def test_loads_with_the_token_and_shows_two_gpus(dash: Dashboard, gateway: Gatew
 
 @pytest.mark.parametrize("transport", ["websocket", "polling"])
 def test_a_job_from_the_form_shows_progress_and_its_log(
-    browser: Any, gateway: GatewayProcess, transport: str
+    new_page: Callable[..., WatchedPage], gateway: GatewayProcess, transport: str
 ) -> None:
-    dash = new_dashboard(browser, gateway, transport)
+    dash = new_dashboard(new_page, gateway, transport)
     page = dash.page
-    try:
-        dash.open("#/submit")
-        expect(page.locator("#conn-status")).to_have_attribute("data-mode", transport)
-        name = f"form-job-{transport}"
-        page.fill("#submit-code", PROGRESS_CODE)
-        page.fill("#submit-name", name)
-        page.fill("#submit-timeout", "120")
-        page.click("#submit-btn")
-        row = dash.row(name)
-        expect(row).to_have_count(1)
-        task_id = row.get_attribute("data-task-id")
+    dash.open("#/submit")
+    expect(page.locator("#conn-status")).to_have_attribute("data-mode", transport)
+    name = f"form-job-{transport}"
+    page.fill("#submit-code", PROGRESS_CODE)
+    page.fill("#submit-name", name)
+    page.fill("#submit-timeout", "120")
+    page.click("#submit-btn")
+    row = dash.row(name)
+    expect(row).to_have_count(1)
+    task_id = row.get_attribute("data-task-id")
 
-        seen: list[float] = []
+    seen: list[float] = []
 
-        def finished() -> str | None:
-            seen.append(float(row.locator(".progress").get_attribute("data-progress")))
-            status = row.get_attribute("data-status")
-            return status if status in TERMINAL else None
+    def finished() -> str | None:
+        seen.append(float(row.locator(".progress").get_attribute("data-progress")))
+        status = row.get_attribute("data-status")
+        return status if status in TERMINAL else None
 
-        assert wait_for(finished, 60, 0.1, "the row to finish") == "completed"
-        expect(row.locator(".progress")).to_have_attribute("data-progress", "100")
-        assert any(0 < p < 100 for p in seen), seen  # it moved on the way
-        assert seen == sorted(seen), seen
-        dash.shot(f"tasks-{transport}")
+    assert wait_for(finished, 60, 0.1, "the row to finish") == "completed"
+    expect(row.locator(".progress")).to_have_attribute("data-progress", "100")
+    assert any(0 < p < 100 for p in seen), seen  # it moved on the way
+    assert seen == sorted(seen), seen
+    dash.shot(f"tasks-{transport}")
 
-        row.click()
-        page.wait_for_url(f"**#/task/{task_id}")
-        log = page.locator("#task-log")
-        expect(log).to_contain_text("finished")
-        lines = page.locator("#task-log .log-line").all_inner_texts()
-        assert lines == [f"[PROGRESS:{i * 10}:step {i}]" for i in range(1, 11)] + ["finished"]
-        expect(page.locator("#task-status .badge")).to_have_attribute("data-status", "completed")
-        expect(page.locator("#task-progress")).to_have_attribute("data-progress", "100")
-        dash.shot(f"task-{transport}")
-        assert gateway.api.task(task_id)["status"] == "completed"
-        assert dash.errors == []
-    finally:
-        page.context.close()
+    row.click()
+    page.wait_for_url(f"**#/task/{task_id}")
+    log = page.locator("#task-log")
+    expect(log).to_contain_text("finished")
+    lines = page.locator("#task-log .log-line").all_inner_texts()
+    assert lines == [f"[PROGRESS:{i * 10}:step {i}]" for i in range(1, 11)] + ["finished"]
+    expect(page.locator("#task-status .badge")).to_have_attribute("data-status", "completed")
+    expect(page.locator("#task-progress")).to_have_attribute("data-progress", "100")
+    dash.shot(f"task-{transport}")
+    assert gateway.api.task(task_id)["status"] == "completed"
+    assert dash.errors == []
 
 
 def test_opening_a_running_task_shows_its_whole_log_then_live_lines(

@@ -2,45 +2,30 @@
 
 A real gateway (``--gpus sim:2``) and a real ``jupyter lab`` (env ``VRUNGPU_URL`` /
 ``VRUNGPU_TOKEN``, isolated config, data, runtime, settings and workspace dirs) are started
-once for the module. The proxy tests use plain HTTP/WebSocket clients; the browser tests drive
-Debian's Chromium (``/usr/bin/chromium``) through Python Playwright, collect the page's console
-errors and assert there are none, and leave screenshots in ``test-artifacts/``.
+once for the session (``tests/browser/conftest.py``). The proxy tests use plain HTTP/WebSocket
+clients; the browser tests drive Debian's Chromium (``/usr/bin/chromium``) through Python
+Playwright, collect the page's console errors and assert there are none, and leave screenshots
+in ``test-artifacts/``.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import signal
 import socket
 import subprocess
-import sys
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import requests
 
-from tests.support import REPO, GatewayProcess, wait_for
+from tests.support import GatewayProcess, wait_for
 
-JUPYTER = shutil.which("jupyter", path=str(Path(sys.executable).parent)) or shutil.which("jupyter")
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-ARTIFACTS = REPO / "test-artifacts"
-JUPYTER_TOKEN = "lab-test-token"
+if TYPE_CHECKING:
+    from tests.browser.conftest import JupyterProcess, WatchedPage
+
 PANEL = "#vrungpu-panel"
 PROGRESS_CODE = (
     "import time\n"
@@ -48,122 +33,6 @@ PROGRESS_CODE = (
     "    print(f'[PROGRESS:{i*2.5}:step {i}]', flush=True)\n"
     "    time.sleep(0.25)"
 )
-
-if JUPYTER is None:
-    pytest.skip("jupyter is not installed", allow_module_level=True)
-pytest.importorskip("jupyterlab", reason="jupyterlab is not installed")
-
-
-@dataclass
-class JupyterProcess:
-    """A `jupyter lab|server` subprocess; `url` is its root, e.g. http://127.0.0.1:PORT/."""
-
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-    url: str = ""
-    token: str = JUPYTER_TOKEN
-    auth: dict[str, str] = field(default_factory=dict)
-
-    def get(self, path: str, **kwargs: Any) -> requests.Response:
-        kwargs.setdefault("timeout", 30)
-        return requests.get(self.url + path, **kwargs)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
-def _jupyter_env(base: Path, gateway_url: str, gateway_token: str | None) -> dict[str, str]:
-    """Isolated Jupyter dirs; the proxy's gateway comes from the environment."""
-    env = {
-        **os.environ,
-        "JUPYTER_CONFIG_DIR": str(base / "config"),
-        "JUPYTER_DATA_DIR": str(base / "data"),
-        "JUPYTER_RUNTIME_DIR": str(base / "runtime"),
-        "JUPYTER_PLATFORM_DIRS": "1",
-        "VRUNGPU_CONFIG": str(base / "no-vrungpu-config.json"),
-        "VRUNGPU_URL": gateway_url,
-    }
-    env.pop("VRUNGPU_TOKEN", None)
-    if gateway_token:
-        env["VRUNGPU_TOKEN"] = gateway_token
-    return env
-
-
-def _quiet_lab_settings(settings: Path) -> None:
-    """Silence the "receive Jupyter news?" toast that would cover the page."""
-    notification = settings / "@jupyterlab" / "apputils-extension"
-    notification.mkdir(parents=True, exist_ok=True)
-    (notification / "notification.jupyterlab-settings").write_text(
-        json.dumps({"fetchNews": "false", "checkForUpdates": False})
-    )
-
-
-def start_jupyter(
-    base: Path, gateway_url: str, gateway_token: str | None, app: str = "lab"
-) -> JupyterProcess:
-    """Start `jupyter <app>` on a free port and wait until its API answers."""
-    for sub in ("root", "config", "data", "runtime", "settings", "workspaces"):
-        (base / sub).mkdir(parents=True, exist_ok=True)
-    args = [
-        JUPYTER or "jupyter",
-        app,
-        "--allow-root",
-        "--no-browser",
-        "--ip=127.0.0.1",
-        "--port=0",
-        f"--IdentityProvider.token={JUPYTER_TOKEN}",
-        f"--ServerApp.root_dir={base / 'root'}",
-    ]
-    if app == "lab":
-        _quiet_lab_settings(base / "settings")
-        args += [
-            f"--LabApp.user_settings_dir={base / 'settings'}",
-            f"--LabApp.workspaces_dir={base / 'workspaces'}",
-        ]
-    log_path = base / f"jupyter-{app}.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            args,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=_jupyter_env(base, gateway_url, gateway_token),
-            cwd=base,
-        )
-    jp = JupyterProcess(proc=proc, log_path=log_path)
-    jp.auth = {"Authorization": f"token {JUPYTER_TOKEN}"}
-    info = wait_for(lambda: _runtime_info(jp, base / "runtime"), 90, 0.2, f"jupyter {app}")
-    assert info is not None
-    jp.url = f"http://127.0.0.1:{info['port']}/"
-    wait_for(lambda: _answers(jp), 30, 0.2, f"jupyter {app} /api/status")
-    return jp
-
-
-def _runtime_info(jp: JupyterProcess, runtime: Path) -> dict[str, Any] | None:
-    if jp.proc.poll() is not None:
-        raise AssertionError(f"jupyter exited with {jp.proc.returncode}:\n{jp.log()}")
-    for path in runtime.glob("jpserver-*.json"):
-        try:
-            return json.loads(path.read_text())
-        except ValueError:  # being written
-            return None
-    return None
-
-
-def _answers(jp: JupyterProcess) -> bool:
-    try:
-        return jp.get("api/status", headers=jp.auth, timeout=5).status_code == 200
-    except requests.ConnectionError:
-        return False
-
-
-def stop_jupyter(jp: JupyterProcess) -> None:
-    if jp.proc.poll() is None:
-        jp.proc.send_signal(signal.SIGTERM)  # a clean shutdown, without SIGINT's prompt
-        try:
-            jp.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            jp.proc.kill()
-            jp.proc.wait()
 
 
 def _dead_url() -> str:
@@ -178,69 +47,25 @@ def _plain(text: str) -> str:
 
 
 # --- fixtures --------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    gw = GatewayProcess(tmp_path_factory.mktemp("gateway"), gpus="sim:2").start()
-    yield gw
-    gw.stop()
-
-
-@pytest.fixture(scope="module")
-def lab(
-    gateway: GatewayProcess, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[JupyterProcess]:
-    jp = start_jupyter(tmp_path_factory.mktemp("lab"), gateway.url, gateway.token)
-    yield jp
-    stop_jupyter(jp)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install -y chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    with sync_api.sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
-@dataclass
-class LabPage:
-    page: Any
-    errors: list[str]
-
-    def shot(self, name: str) -> None:
-        ARTIFACTS.mkdir(exist_ok=True)
-        self.page.screenshot(path=str(ARTIFACTS / name))
-
-    def assert_no_errors(self) -> None:
-        self.page.wait_for_timeout(250)  # let Playwright deliver any pending console events
-        assert self.errors == []
+# The browser, the pages, the gateway (`lab_gateway`) and JupyterLab (`lab`) are
+# tests/browser/conftest.py's.
 
 
 @pytest.fixture
-def lab_page(browser: Any, lab: JupyterProcess) -> Iterator[LabPage]:
+def gateway(lab_gateway: GatewayProcess) -> GatewayProcess:
+    return lab_gateway
+
+
+@pytest.fixture
+def lab_page(new_page: Callable[..., WatchedPage], lab: JupyterProcess) -> WatchedPage:
     """A fresh browser context on JupyterLab, collecting console errors and page errors."""
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    page = context.new_page()
-    errors: list[str] = []
-
-    def on_console(msg: Any) -> None:
-        if msg.type == "error":
-            errors.append(f"console: {msg.text}")
-
-    page.on("console", on_console)
-    page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
+    lp = new_page(viewport=(1400, 900))
     # ?reset: start from an empty layout, whatever an earlier test left in the workspace.
-    page.goto(f"{lab.url}lab?reset&token={lab.token}", wait_until="domcontentloaded")
-    yield LabPage(page, errors)
-    context.close()
+    lp.page.goto(f"{lab.url}lab?reset&token={lab.token}", wait_until="domcontentloaded")
+    return lp
 
 
-def open_sidebar(lp: LabPage) -> Any:
+def open_sidebar(lp: WatchedPage) -> Any:
     tab = lp.page.locator('.jp-SideBar.jp-mod-left li[data-id="vrungpu-panel"]')
     tab.wait_for(state="visible", timeout=90_000)
     # The layout is restored by the time the splash screen goes.
@@ -254,9 +79,9 @@ def open_sidebar(lp: LabPage) -> Any:
 # --- packaging -------------------------------------------------------------------------
 
 
-def test_labextension_listed_enabled() -> None:
+def test_labextension_listed_enabled(jupyter: str) -> None:
     out = subprocess.run(
-        [JUPYTER or "jupyter", "labextension", "list"],
+        [jupyter, "labextension", "list"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -344,23 +169,22 @@ def test_proxy_websocket_relays_gateway_messages(
         conn.close()
 
 
-def test_proxy_reports_unreachable_gateway(tmp_path: Path) -> None:
-    dead = start_jupyter(tmp_path, _dead_url(), "whatever", app="server")
-    try:
-        res = dead.get("vrungpu/api/gpu", headers=dead.auth)
-        assert res.status_code == 502
-        body = res.json()
-        assert body["code"] == "gateway_unreachable"
-        assert "unreachable" in body["detail"]
-    finally:
-        stop_jupyter(dead)
+def test_proxy_reports_unreachable_gateway(
+    start_lab: Callable[..., JupyterProcess], tmp_path: Path
+) -> None:
+    dead = start_lab(tmp_path, _dead_url(), "whatever", app="server")
+    res = dead.get("vrungpu/api/gpu", headers=dead.auth)
+    assert res.status_code == 502
+    body = res.json()
+    assert body["code"] == "gateway_unreachable"
+    assert "unreachable" in body["detail"]
 
 
 # --- the sidebar in Chromium -----------------------------------------------------------
 
 
 @pytest.mark.browser
-def test_sidebar_lists_gpus_and_stands_by_when_hidden(lab_page: LabPage) -> None:
+def test_sidebar_lists_gpus_and_stands_by_when_hidden(lab_page: WatchedPage) -> None:
     sockets: list[Any] = []
 
     def on_socket(ws: Any) -> None:
@@ -391,7 +215,7 @@ def test_sidebar_lists_gpus_and_stands_by_when_hidden(lab_page: LabPage) -> None
 
 
 @pytest.mark.browser
-def test_sidebar_follows_and_cancels_a_task(lab_page: LabPage, gateway: GatewayProcess) -> None:
+def test_sidebar_follows_and_cancels_a_task(lab_page: WatchedPage, gateway: GatewayProcess) -> None:
     page = lab_page.page
     panel = open_sidebar(lab_page)
     task_id = gateway.api.submit(PROGRESS_CODE, timeout=120, name="sidebar-progress")
@@ -431,7 +255,7 @@ def test_sidebar_follows_and_cancels_a_task(lab_page: LabPage, gateway: GatewayP
 
 @pytest.mark.browser
 def test_open_dashboard_button_opens_gateway_dashboard(
-    lab_page: LabPage, gateway: GatewayProcess
+    lab_page: WatchedPage, gateway: GatewayProcess
 ) -> None:
     panel = open_sidebar(lab_page)
     with lab_page.page.context.expect_page(timeout=15_000) as opened:
@@ -443,20 +267,20 @@ def test_open_dashboard_button_opens_gateway_dashboard(
 
 
 @pytest.mark.browser
-def test_sidebar_shows_gateway_errors(browser: Any, tmp_path: Path) -> None:
+def test_sidebar_shows_gateway_errors(
+    new_page: Callable[..., WatchedPage],
+    start_lab: Callable[..., JupyterProcess],
+    tmp_path: Path,
+) -> None:
     """With the gateway down, the panel says so (console errors for the 502s are expected)."""
-    dead = start_jupyter(tmp_path, _dead_url(), "whatever")
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    try:
-        page = context.new_page()
-        page.goto(f"{dead.url}lab?token={dead.token}", wait_until="domcontentloaded")
-        tab = page.locator('.jp-SideBar.jp-mod-left li[data-id="vrungpu-panel"]')
-        tab.wait_for(state="visible", timeout=90_000)
-        tab.click()
-        page.wait_for_selector(f'{PANEL}[data-state="error"]', timeout=30_000)
-        status = page.locator(f"{PANEL} .jp-VrunGPU-status").inner_text()
-        assert "unreachable" in status
-        LabPage(page, []).shot("labextension-gateway-down.png")
-    finally:
-        context.close()
-        stop_jupyter(dead)
+    dead = start_lab(tmp_path, _dead_url(), "whatever")
+    lp = new_page(viewport=(1400, 900))
+    page = lp.page
+    page.goto(f"{dead.url}lab?token={dead.token}", wait_until="domcontentloaded")
+    tab = page.locator('.jp-SideBar.jp-mod-left li[data-id="vrungpu-panel"]')
+    tab.wait_for(state="visible", timeout=90_000)
+    tab.click()
+    page.wait_for_selector(f'{PANEL}[data-state="error"]', timeout=30_000)
+    status = page.locator(f"{PANEL} .jp-VrunGPU-status").inner_text()
+    assert "unreachable" in status
+    lp.shot("labextension-gateway-down.png")
