@@ -2,20 +2,41 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+import tornado.log
 import tornado.web
 
-from vrungpu_gateway.api import docs, gpus, projects, root, tasks
+from vrungpu_gateway.api import dashboard, docs, gpus, models, projects, root, tasks, ws
 from vrungpu_gateway.api.base import NotFoundHandler
 from vrungpu_gateway.service import Gateway
 
-ROUTE_MODULES = [root, gpus, tasks, projects, docs]
+ROUTE_MODULES = [root, gpus, tasks, projects, models, docs, dashboard, ws]
 
 
 def route_table() -> list[tuple[str, type[tornado.web.RequestHandler]]]:
     """(pattern, handler) of every route, in matching order."""
     return [route for module in ROUTE_MODULES for route in module.ROUTES]
+
+
+_TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&#]*")
+
+
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    """Tornado's access log line, with any ?token= value masked (browsers put it in URLs)."""
+    status = handler.get_status()
+    log = tornado.log.access_log
+    method = log.info if status < 400 else log.warning if status < 500 else log.error
+    uri = _TOKEN_IN_QUERY.sub(r"\1***", handler.request.uri or "")
+    method(
+        "%d %s %s (%s) %.2fms",
+        status,
+        handler.request.method,
+        uri,
+        handler.request.remote_ip,
+        1000.0 * handler.request.request_time(),
+    )
 
 
 def make_app(gateway: Gateway, **settings: Any) -> tornado.web.Application:
@@ -28,5 +49,5 @@ def make_app(gateway: Gateway, **settings: Any) -> tornado.web.Application:
         default_handler_args={"gateway": gateway},
         xsrf_cookies=False,
         websocket_ping_interval=20,
-        **settings,
+        **{"log_function": log_request, **settings},
     )

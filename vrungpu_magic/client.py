@@ -14,11 +14,12 @@ import os
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import requests
+import websocket
 
 from vrungpu_gateway.protocol import TaskStatus
 from vrungpu_magic.archive import zip_project
@@ -265,12 +266,24 @@ class VrunGPUClient(ModelsClientMixin):
     get_task = get_task_status
 
     def wait_for_task(
-        self, task_id: str, timeout: float | None = None, poll_interval: float = 1.0
+        self,
+        task_id: str,
+        timeout: float | None = None,
+        poll_interval: float = 1.0,
+        on_line: Callable[[str, str], None] | None = None,
     ) -> dict[str, Any]:
         """Wait until the task ends (completed, failed or cancelled) and return it.
 
-        Raises ``TimeoutError`` after ``timeout`` seconds (None waits as long as it takes).
+        With ``on_line(stream, line)``, every output line is passed to it as it comes (over the
+        WebSocket, see `stream`) instead of polling. Raises ``TimeoutError`` after ``timeout``
+        seconds (None waits as long as it takes).
         """
+        if on_line is not None:
+            for event in self.stream(task_id, timeout=timeout):
+                if event["type"] == "output":
+                    for line in event["lines"]:
+                        on_line(event["stream"], line)
+            return self.get_task_status(task_id)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             task = self.get_task_status(task_id)
@@ -283,6 +296,27 @@ class VrunGPUClient(ModelsClientMixin):
                 if deadline is None
                 else max(0.0, min(poll_interval, deadline - time.monotonic()))
             )
+
+    def stream(
+        self,
+        task_id: str,
+        offset: int = 0,
+        *,
+        stderr_offset: int = 0,
+        timeout: float | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """A task's live events over the WebSocket, from byte offsets of its stdout/stderr logs.
+
+        Yields ``{"type": "task", "task": {...}}`` at the start and on every update, and
+        ``{"type": "output", "stream": "stdout"|"stderr", "lines": [...], "offset": N}``
+        (``offset``: where to resume after these lines). The last event is the task in its
+        terminal state, after all its output. A dropped connection is re-opened with backoff and the
+        stream resumes from the last offsets (nothing doubled or lost). Raises
+        ``TimeoutError`` after ``timeout`` seconds, `VrunGPUError` for an unknown task or a
+        refused token, and ``VrunGPUError(0, ..., "unreachable")`` when the gateway stays
+        unreachable for ``STREAM_GIVE_UP_S``.
+        """
+        return _TaskStream(self, task_id, offset, stderr_offset, timeout).events()
 
     def list_tasks(
         self, status: str | None = None, limit: int = 50, offset: int = 0, **filters: Any
@@ -321,3 +355,149 @@ class VrunGPUClient(ModelsClientMixin):
     def download(self, task_id: str, path: str, dest: str | os.PathLike[str] = ".") -> Path:
         """Download one workspace file (e.g. ``model.pt``) to ``dest`` (file or folder)."""
         return self._stream_download(f"/task/{task_id}/files/{path}", dest)
+
+
+STREAM_BACKOFF_S = (0.25, 0.5, 1.0, 2.0, 4.0)  # waits between reconnects, the last repeated
+STREAM_GIVE_UP_S = 60.0  # without any connection this long, stream() raises "unreachable"
+STREAM_IDLE_S = 60.0  # nothing at all (not even a ping) for this long: the connection is dead
+
+
+class _Dropped(Exception):
+    """The WebSocket closed or failed: reconnect and resume."""
+
+
+class _TaskStream:
+    """The state of one `VrunGPUClient.stream` call: offsets to resume from, backoff."""
+
+    def __init__(
+        self, client: VrunGPUClient, task_id: str, stdout: int, stderr: int, timeout: float | None
+    ) -> None:
+        self.client, self.task_id, self.timeout = client, task_id, timeout
+        self.offsets = {"stdout": stdout, "stderr": stderr}
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.task: dict[str, Any] | None = None
+        self.lost_since: float | None = None
+        self.retries = 0
+
+    def events(self) -> Iterator[dict[str, Any]]:
+        while True:
+            try:
+                ws = self._connect()
+                try:
+                    yield from self._follow(ws)
+                    return
+                finally:
+                    ws.close()
+            except _Dropped as exc:
+                self._backoff(str(exc))
+
+    def _backoff(self, why: str) -> None:
+        now = time.monotonic()
+        self.lost_since = self.lost_since or now
+        if now - self.lost_since > STREAM_GIVE_UP_S:
+            raise VrunGPUError(
+                0, f"lost the gateway at {self.client.url} while streaming: {why}", "unreachable"
+            )
+        wait_s = STREAM_BACKOFF_S[min(self.retries, len(STREAM_BACKOFF_S) - 1)]
+        self.retries += 1
+        remaining = self._remaining()
+        time.sleep(wait_s if remaining is None else max(0.0, min(wait_s, remaining)))
+        self._check_deadline()
+
+    def _remaining(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+    def _check_deadline(self) -> None:
+        remaining = self._remaining()
+        if remaining is not None and remaining <= 0:
+            status = self.task["status"] if self.task else "unknown"
+            raise TimeoutError(f"task {self.task_id} still {status} after {self.timeout}s")
+
+    def _connect(self) -> websocket.WebSocket:
+        url = "ws" + self.client.url.removeprefix("http") + "/ws"
+        header = [f"Authorization: token {self.client.token}"] if self.client.token else []
+        try:
+            return websocket.create_connection(
+                url, header=header, timeout=self.client.timeout, suppress_origin=True
+            )
+        except websocket.WebSocketBadStatusException as exc:
+            if exc.status_code in (401, 403, 404):
+                raise _status_error(exc) from None
+            raise _Dropped(f"HTTP {exc.status_code}") from None
+        except (OSError, websocket.WebSocketException) as exc:
+            raise _Dropped(f"{type(exc).__name__}: {exc}") from None
+
+    def _subscribe(self, ws: websocket.WebSocket) -> None:
+        message = {"type": "subscribe", "task_id": self.task_id, "offsets": self.offsets}
+        try:
+            ws.send(json.dumps(message))
+        except (OSError, websocket.WebSocketException) as exc:
+            raise _Dropped(str(exc)) from None
+
+    def _follow(self, ws: websocket.WebSocket) -> Iterator[dict[str, Any]]:
+        """Events of one connection; returns once the task ended and its output was read."""
+        self._subscribe(ws)
+        acked = False  # messages about the task before our subscription's ack are stale
+        while True:
+            msg = self._receive(ws)
+            kind = msg.get("type")
+            task = msg.get("task") or {}
+            if msg.get("task_id", task.get("task_id")) != self.task_id:
+                continue
+            if kind == "subscribed":
+                acked, self.lost_since, self.retries = True, None, 0
+                # the first event; after a reconnect only news (a final state comes last)
+                if self.task is None or not TaskStatus(msg["task"]["status"]).is_terminal():
+                    yield from self._task_event(msg["task"], always=self.task is None)
+            elif kind == "error":
+                code = msg.get("code", "error")
+                raise VrunGPUError(404 if code == "task_not_found" else 400, msg["detail"], code)
+            elif kind == "task_deleted":
+                raise VrunGPUError(404, f"task {self.task_id} was deleted", "task_not_found")
+            elif not acked:
+                continue
+            elif kind == "task_output" and "lines" in msg:
+                self.offsets[msg["stream"]] = msg["offset"]
+                stream, lines, offset = msg["stream"], msg["lines"], msg["offset"]
+                yield {"type": "output", "stream": stream, "lines": lines, "offset": offset}
+            elif kind == "gap":  # we fell behind: read on from the log file
+                self.offsets[msg["stream"]] = msg["offset"]
+                self.offsets.update(msg.get("offsets") or {})
+                acked = False
+                self._subscribe(ws)
+            elif kind == "task_update":
+                final = TaskStatus(task["status"]).is_terminal()
+                yield from self._task_event(task, always=final)  # the last event
+                if final:
+                    return
+
+    def _task_event(self, task: dict[str, Any], *, always: bool) -> Iterator[dict[str, Any]]:
+        if always or task != self.task:
+            self.task = task
+            yield {"type": "task", "task": task}
+
+    def _receive(self, ws: websocket.WebSocket) -> dict[str, Any]:
+        while True:
+            self._check_deadline()
+            remaining = self._remaining()
+            ws.settimeout(STREAM_IDLE_S if remaining is None else min(remaining, STREAM_IDLE_S))
+            try:
+                raw = ws.recv()
+            except websocket.WebSocketTimeoutException:
+                if remaining is not None and remaining <= STREAM_IDLE_S:
+                    continue  # our own deadline: _check_deadline raises
+                raise _Dropped(f"nothing received for {STREAM_IDLE_S:g}s") from None
+            except (OSError, websocket.WebSocketException) as exc:
+                raise _Dropped(f"{type(exc).__name__}: {exc}") from None
+            if not raw:
+                raise _Dropped("the gateway closed the connection")
+            return json.loads(raw)
+
+
+def _status_error(exc: websocket.WebSocketBadStatusException) -> VrunGPUError:
+    try:
+        body = json.loads(exc.resp_body or b"{}")
+        detail, code = body.get("detail", str(exc)), body.get("code", "error")
+    except ValueError:
+        detail, code = str(exc), "error"
+    return VrunGPUError(exc.status_code, detail, code)

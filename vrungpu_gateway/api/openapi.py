@@ -103,6 +103,35 @@ PROJECT_UPLOAD = {
     },
 }
 
+PATH = {"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _public(summary: str, *, ok: int = 200, **kwargs: Any) -> dict[str, Any]:
+    """An operation that needs no token (the dashboard's files and its login probe)."""
+    return {**_op(summary, ok=ok, errors=kwargs.pop("errors", ()), **kwargs), "security": []}
+
+
+WS_PROTOCOL = """\
+Upgrade to a WebSocket (token as `?token=` or an `Authorization` header; a browser page
+from another origin needs `--allow-origin`). Every message is one JSON object.
+
+Server to client: `{"type":"init","gpus":[...],"pool":{...},"tasks":[...]}` first (recent tasks
+with `stdout`/`stderr` tails); `{"type":"gpu_update","gpus":[...],"pool":{...}}` every 2 s;
+`{"type":"task_update","task":{...}}` on each status change and on progress (at most 5/s per
+task); `{"type":"task_deleted","task_id"}`; output: for a client with no subscription every
+line of every task as `{"type":"task_output","task_id","stream","line","offset"}`.
+
+Client to server: `{"type":"subscribe","task_id":T,"offset":N}` (or
+`"offsets":{"stdout":N,"stderr":M}`; byte offsets into the log files, as in
+`GET /task/{id}/logs`) answers `{"type":"subscribed","task_id","offsets","task"}`, replays the
+task's output from there and follows it live, as batches
+`{"type":"task_output","task_id","stream","lines":[...],"offset":N}` (`offset`: just past the
+last line), none lost or doubled; the task's terminal `task_update` comes after all its
+output. `{"type":"unsubscribe","task_id":T}` answers `{"type":"unsubscribed","task_id"}`.
+A client that does not keep up gets `{"type":"gap","task_id","stream","offset":N}`: lines after
+`offset` were dropped (a subscription pauses; subscribe again from `offset` to resume).
+Bad messages answer `{"type":"error","code","detail"}`."""
+
 PATHS: dict[str, dict[str, Any]] = {
     "/": {"get": _op("Service status and storage paths", errors=(401,))},
     "/health": {"get": _op("Liveness (no token needed)", errors=())},
@@ -167,7 +196,176 @@ PATHS: dict[str, dict[str, Any]] = {
     },
     "/openapi.json": {"get": _op("This document", errors=(401,))},
     "/docs": {"get": _op("A page that renders this document", errors=(401,))},
+    "/ws": {
+        "get": {
+            "summary": "WebSocket: live GPU state, task updates and task output",
+            "description": WS_PROTOCOL,
+            "parameters": [_q("token", desc="the API token (or an Authorization header)")],
+            "responses": {
+                "101": {"description": "Switching Protocols: the WebSocket is open"},
+                "401": {"$ref": "#/components/responses/Error"},
+                "403": {"description": "A browser Origin that is not allowed"},
+            },
+        }
+    },
+    # The dashboard's files hold no data: served without a token (the page sends it itself).
+    "/dashboard": {
+        "get": _public("Redirects to /dashboard/, keeping the query", ok=302),
+        "head": _public("Redirects to /dashboard/, keeping the query", ok=302),
+    },
+    "/dashboard/session": {
+        "get": _public("Whether the request's token is accepted: {auth_required, authenticated}")
+    },
+    "/dashboard/{path}": {
+        "get": _public(
+            "The web dashboard: index.html and its assets", params=[PATH], errors=(404,)
+        ),
+        "head": _public("Headers of a dashboard file", params=[PATH], errors=(404,)),
+    },
 }
+
+
+# -- model registry, inference and warm workers ---------------------------------------------------
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+MODEL_META = {
+    "name": {"type": "string", "description": "versions count up per name"},
+    "model_type": {"type": "string", "description": "e.g. classifier"},
+    "framework": {"type": "string", "description": "guessed from the file suffix if absent"},
+    "description": {"type": "string"},
+}
+MODEL_SCHEMAS: dict[str, Any] = {
+    "ModelUpload": {
+        "type": "object",
+        "required": ["name", "model_file"],
+        "properties": {
+            **MODEL_META,
+            "model_file": {
+                "type": "string",
+                "format": "binary",
+                "description": "the artifact, stored by its basename",
+            },
+            "files": {
+                "type": "array",
+                "items": {"type": "string", "format": "binary"},
+                "description": "companion files (handler.py, model.py, ...), any field name",
+            },
+            "metrics": {"type": "string", "description": "a JSON object"},
+            "task_id": {"type": "string", "description": "lineage: the task that produced it"},
+            "unpack": {"type": "boolean", "description": "model_file is a .zip of a folder"},
+        },
+    },
+    "ModelFromTask": {
+        "type": "object",
+        "required": ["name", "task_id"],
+        "properties": {
+            **MODEL_META,
+            "task_id": {"type": "string", "description": "a finished task"},
+            "path": {
+                "type": "string",
+                "description": "file or folder in its workspace "
+                "(default: its newest model file); handler.py and *.py/*.json beside a file "
+                "are copied too",
+            },
+            "metrics": {"type": "object"},
+        },
+    },
+    "ModelUpdate": {
+        "type": "object",
+        "properties": {
+            "status": {"type": "string", "enum": ["ready", "archived"]},
+            "description": {"type": "string"},
+            "metrics": {"type": "object"},
+        },
+    },
+    "InferenceRequest": {
+        "type": "object",
+        "required": ["input_data"],
+        "properties": {
+            "input_data": {"description": "any JSON: what the model's predict() receives"},
+            "sync": {"type": "boolean", "description": "wait and return the task with result"},
+            "timeout": {"type": "number", "description": "seconds; default 300"},
+            "gpu_id": {"type": "integer"},
+            "device": {"type": "string", "enum": ["auto", "gpu", "cpu"]},
+            "priority": {"type": "integer"},
+            "name": {"type": "string"},
+        },
+    },
+}
+
+
+def _with_body(op: dict[str, Any], content: dict[str, Any]) -> dict[str, Any]:
+    return {**op, "requestBody": {"required": True, "content": content}}
+
+
+PATHS.update(
+    {
+        "/models": {
+            "get": _op(
+                "List models, newest first",
+                params=[
+                    _q("name"),
+                    _q("status", enum=["ready", "archived"]),
+                    _q("limit", "integer", default=100),
+                    _q("offset", "integer", default=0),
+                ],
+                errors=(400, 401),
+            )
+        },
+        "/models/workers": {
+            "get": _op("Warm model workers: pid, model, slot, requests", errors=(401,))
+        },
+        "/model/register": {
+            "post": _with_body(
+                _op(
+                    "Register a model: upload it, or name a file/folder of a finished task",
+                    ok=201,
+                    errors=(400, 401, 404, 409, 413),
+                ),
+                {
+                    "multipart/form-data": {"schema": _ref("ModelUpload")},
+                    "application/json": {"schema": _ref("ModelFromTask")},
+                },
+            )
+        },
+        "/model/{model_id}": {
+            "get": _op("One model (with `warm`)", params=[MODEL_ID]),
+            "patch": _with_body(
+                _op("Archive, restore or describe a model", params=[MODEL_ID]),
+                {"application/json": {"schema": _ref("ModelUpdate")}},
+            ),
+            "delete": _op(
+                "Unload its warm workers, then delete its row and files", params=[MODEL_ID]
+            ),
+        },
+        "/model/{model_id}/download": {
+            "get": {
+                **_op(
+                    "The artifact (a folder as a zip); sha256 in X-Content-SHA256",
+                    params=[MODEL_ID, _q("file", desc="one stored file instead, e.g. handler.py")],
+                ),
+                "responses": {
+                    "200": {"description": "the file", "content": {"application/octet-stream": {}}},
+                    "401": {"$ref": "#/components/responses/Error"},
+                    "404": {"$ref": "#/components/responses/Error"},
+                },
+            }
+        },
+        "/model/{model_id}/inference": {
+            "post": _with_body(
+                _op(
+                    "Predict with a ready model (202 with task_id; 200 with the task when sync)",
+                    params=[MODEL_ID],
+                    ok=202,
+                    errors=(400, 401, 404, 409),
+                ),
+                {"application/json": {"schema": _ref("InferenceRequest")}},
+            )
+        },
+    }
+)
 
 
 def build_spec(extra_paths: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -186,7 +384,11 @@ def build_spec(extra_paths: dict[str, dict[str, Any]] | None = None) -> dict[str
             "securitySchemes": {
                 "token": {"type": "apiKey", "in": "header", "name": "Authorization"}
             },
-            "schemas": {"RunRequest": RUN_REQUEST, "ProjectUpload": PROJECT_UPLOAD},
+            "schemas": {
+                "RunRequest": RUN_REQUEST,
+                "ProjectUpload": PROJECT_UPLOAD,
+                **MODEL_SCHEMAS,
+            },
             "responses": {
                 "Error": {
                     "description": "Error",
