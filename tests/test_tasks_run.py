@@ -85,7 +85,7 @@ def test_job_environment_is_an_allowlist(start_gateway: Callable[..., GatewayPro
 def test_progress_is_followed_while_running(api: Api) -> None:
     code = (
         "import time, sys\nprint('[PROGRESS:30:Epoch 3/10 완료, Loss: 0.5]', flush=True)\n"
-        "time.sleep(1.5)\nsys.stderr.write('train:  70%|███████   | 7/10\\r')\n"
+        "time.sleep(1.5)\nsys.stderr.write('\\rtrain:  70%|███████   | 7/10')\n"
         "sys.stderr.flush()\ntime.sleep(1.5)"
     )
     task_id = api.submit(code)

@@ -18,6 +18,7 @@ from vrungpu_gateway.engine.manager import TaskManager
 from vrungpu_gateway.engine.registry import ModelRegistry
 from vrungpu_gateway.engine.runner import LocalProcessRunner, Runner
 from vrungpu_gateway.engine.scheduler import Scheduler
+from vrungpu_gateway.engine.stream_hub import StreamHub
 from vrungpu_gateway.engine.workers import WorkerPool
 from vrungpu_gateway.gpus import GpuBackend, parse_gpu_spec
 from vrungpu_gateway.protocol import TaskType
@@ -39,6 +40,7 @@ class Gateway:
     tasks: TaskManager
     workers: WorkerPool
     models: ModelRegistry
+    streams: StreamHub
     token: str | None
     version: str = __version__
 
@@ -86,7 +88,10 @@ class Gateway:
             max_unpack_bytes=config.max_upload_mb * 2**20 * 4,
         )
         token = None if config.no_auth else (config.token or load_or_create_token(layout.root))
-        return cls(config, layout, db, bus, scheduler, monitor, tasks, workers, models, token)
+        streams = StreamHub(bus=bus, monitor=monitor, tasks=tasks)
+        return cls(
+            config, layout, db, bus, scheduler, monitor, tasks, workers, models, streams, token
+        )
 
     async def start(self) -> None:
         await self.models.recover()

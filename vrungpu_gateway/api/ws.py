@@ -17,25 +17,14 @@ import tornado.web
 import tornado.websocket
 
 from vrungpu_gateway.api.base import token_from_request, token_matches
-from vrungpu_gateway.engine.stream_hub import StreamHub
 from vrungpu_gateway.engine.streams import Client
 from vrungpu_gateway.service import Gateway
 
 log = logging.getLogger(__name__)
 
-HUB_SETTING = "vrungpu_stream_hub"
 MAX_CLIENT_MESSAGE = 64 * 1024  # subscribe/unsubscribe are tiny
 OVERRUN_CLOSE = 1008  # policy violation: the client stopped reading
 SEND_BUFFER_BYTES = 64 * 1024  # the kernel's share of a client that stops reading
-
-
-def stream_hub(application: tornado.web.Application, gateway: Gateway) -> StreamHub:
-    """The application's one hub (made on first use)."""
-    hub = application.settings.get(HUB_SETTING)
-    if hub is None:
-        hub = StreamHub(bus=gateway.bus, monitor=gateway.monitor, tasks=gateway.tasks)
-        application.settings[HUB_SETTING] = hub
-    return hub
 
 
 def _dumps(message: dict[str, Any]) -> str:
@@ -75,7 +64,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
 
     async def open(self, *args: Any, **kwargs: Any) -> None:
         self._limit_send_buffer()
-        hub = stream_hub(self.application, self.gateway)
+        hub = self.gateway.streams
         self.client = hub.connect(on_overrun=self._overrun)
         log.info(
             "websocket client %s connected (%d connected)",
@@ -99,7 +88,7 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         await self.client.handle(data)
 
     def on_close(self) -> None:
-        hub = stream_hub(self.application, self.gateway)
+        hub = self.gateway.streams
         if self.client is not None:
             hub.disconnect(self.client)
             log.info(

@@ -101,7 +101,7 @@ class OutputStream:
             self._emit(raw, base + end)
         rest = data[consumed:]
         if b"\r" in rest:  # tqdm redraws a bar with \r and no \n: read progress as it comes
-            self._progress_from(rest[: rest.rfind(b"\r")])
+            self._progress_from(rest)  # a bar cut short cannot match: the pattern needs "%|"
         self._pending = rest
 
     def close(self) -> None:
