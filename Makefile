@@ -22,6 +22,7 @@ serve: install
 lint: install-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy vrungpu_gateway vrungpu_magic --ignore-missing-imports
 
 # Browser tests drive Debian's Chromium (never a downloaded browser); install it when missing.
 browser:

@@ -19,8 +19,10 @@ def test_restart_keeps_tasks_and_their_output(start_gateway: Callable[..., Gatew
     again = api.task(done["task_id"])
     assert again["status"] == "completed" and again["stdout"] == "kept\n"
     assert again["name"] == "keep" and again["created_at"] == done["created_at"]
-    assert api.get(f"/task/{done['task_id']}/logs", params={"stream": "stdout"}).json()[
-        "content"] == "kept\n"
+    assert (
+        api.get(f"/task/{done['task_id']}/logs", params={"stream": "stdout"}).json()["content"]
+        == "kept\n"
+    )
     assert api.get("/").json()["total_tasks"] == 1
 
 

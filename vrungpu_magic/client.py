@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import requests
 import websocket
@@ -44,11 +44,6 @@ def _field_part(boundary: str, name: str, value: str) -> bytes:
     return f"--{boundary}\r\n{disposition}\r\n\r\n{value}\r\n".encode()
 
 
-def _field_part(boundary: str, name: str, value: str) -> bytes:
-    disposition = f'Content-Disposition: form-data; name="{name}"'
-    return f"--{boundary}\r\n{disposition}\r\n\r\n{value}\r\n".encode()
-
-
 class _MultipartBody(io.RawIOBase):
     """A streamed multipart/form-data body: one file plus fields, with upload progress.
 
@@ -69,12 +64,13 @@ class _MultipartBody(io.RawIOBase):
             f'--{self.boundary}\r\nContent-Disposition: form-data; name="{file_field}"; '
             f'filename="{path.name}"\r\nContent-Type: application/octet-stream\r\n\r\n'
         ).encode()
-        self._parts = [
+        tail = f"\r\n--{self.boundary}--\r\n".encode()
+        self._parts: list[BinaryIO] = [
             io.BytesIO(head),
             open(path, "rb"),  # noqa: SIM115 - closed in close()
-            io.BytesIO(f"\r\n--{self.boundary}--\r\n".encode()),
+            io.BytesIO(tail),
         ]
-        self.length = len(head) + path.stat().st_size + self._parts[2].getbuffer().nbytes
+        self.length = len(head) + path.stat().st_size + len(tail)
         self._sent = 0
         self._on_progress = on_progress
 
