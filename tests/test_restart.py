@@ -58,3 +58,20 @@ def test_clean_stop_ends_running_jobs(start_gateway: Callable[..., GatewayProces
     gw.start()
     t = gw.api.task(task_id)
     assert t["status"] == "failed" and t["failure_reason"] == "lost"
+
+
+def test_clean_stop_leaves_queued_tasks_queued(
+    start_gateway: Callable[..., GatewayProcess],
+) -> None:
+    gw = start_gateway(gpus="sim:1")
+    api = gw.api
+    running = api.submit(SLEEP)
+    waiting = api.submit("print('my turn')")
+    wait_for(lambda: api.task(running)["stdout"], 10)
+    assert api.task(waiting)["status"] == "queued"
+    assert gw.stop() == 0  # the running job ends; its freed GPU must not start the next one
+    gw.start()
+    api = gw.api
+    assert api.task(running)["failure_reason"] == "lost"
+    done = api.wait_status(waiting, "completed", "failed")
+    assert done["status"] == "completed" and done["stdout"] == "my turn\n"

@@ -165,6 +165,8 @@ class TaskManager:
         self._start(assignments)
 
     def _start(self, assignments: list[Assignment]) -> None:
+        if self._stopping:  # what was handed a slot stays queued in the store for the next start
+            return
         for assignment in assignments:
             holder = self._holders.get(assignment.task_id)
             if holder is not None:
@@ -383,9 +385,7 @@ class TaskManager:
         """Withdraw or give back a slot taken with hold_slot; queued work gets it at once."""
         self._holders.pop(holder_id, None)
         if not self.scheduler.cancel(holder_id):
-            assignments = self.scheduler.release(holder_id)
-            if not self._stopping:
-                self._start(assignments)
+            self._start(self.scheduler.release(holder_id))
 
     def live_records(self) -> list[TaskRecord]:
         return [live.record for live in self._live.values()]
