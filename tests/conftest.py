@@ -26,6 +26,15 @@ def start_gateway(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
         gw.stop()
 
 
+@pytest.fixture(scope="module")
+def module_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """One gateway for a whole module, whose tests must leave no task running; a module opts
+    in by defining ``gateway`` as this fixture (see tests/test_magic.py)."""
+    gw = GatewayProcess(tmp_path_factory.mktemp("module-gateway")).start()
+    yield gw
+    gw.stop()
+
+
 @pytest.fixture
 def gateway(start_gateway: Callable[..., GatewayProcess]) -> GatewayProcess:
     return start_gateway()

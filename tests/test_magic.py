@@ -39,16 +39,9 @@ def shell() -> InteractiveShell:
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+def gateway(module_gateway: GatewayProcess) -> GatewayProcess:
     """One gateway for this module's tests (each leaves no task running)."""
-    gw = GatewayProcess(tmp_path_factory.mktemp("magic-gateway")).start()
-    yield gw
-    gw.stop()
-
-
-@pytest.fixture
-def api(gateway: GatewayProcess) -> Api:
-    return gateway.api
+    return module_gateway
 
 
 @pytest.fixture

@@ -32,15 +32,9 @@ LONG_JOB = (
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    gw = GatewayProcess(tmp_path_factory.mktemp("widgets-gateway")).start()
-    yield gw
-    gw.stop()
-
-
-@pytest.fixture
-def api(gateway: GatewayProcess) -> Api:
-    return gateway.api
+def gateway(module_gateway: GatewayProcess) -> GatewayProcess:
+    """One gateway for this module's tests (each leaves no task running)."""
+    return module_gateway
 
 
 @pytest.fixture
