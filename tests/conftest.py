@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import Api, GatewayProcess
+from tests.support import Api, Gate, GatewayProcess
 
 
 @pytest.fixture
@@ -43,3 +43,22 @@ def gateway(start_gateway: Callable[..., GatewayProcess]) -> GatewayProcess:
 @pytest.fixture
 def api(gateway: GatewayProcess) -> Api:
     return gateway.api
+
+
+@pytest.fixture
+def make_gate(tmp_path: Path) -> Iterator[Callable[[], Gate]]:
+    """New gates (see ``Gate``); every one is opened after the test, so no job waits on."""
+    made: list[Gate] = []
+
+    def make() -> Gate:
+        made.append(Gate(tmp_path / f"gate{len(made)}"))
+        return made[-1]
+
+    yield make
+    for gate in made:
+        gate.open()
+
+
+@pytest.fixture
+def gate(make_gate: Callable[[], Gate]) -> Gate:
+    return make_gate()

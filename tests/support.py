@@ -160,6 +160,25 @@ class GatewayProcess:
         return self.start()
 
 
+class Gate:
+    """A file the test creates to let its jobs go on: jobs wait on an event the test controls,
+    never on a sleep that a loaded machine may outlast."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @property
+    def code(self) -> str:
+        """Python lines (a job's code) that block until the gate is opened."""
+        return (
+            f"import os as _os, time as _time\nwhile not _os.path.exists({str(self.path)!r}):\n"
+            "    _time.sleep(0.02)\n"
+        )
+
+    def open(self) -> None:
+        self.path.touch()
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
