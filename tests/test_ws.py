@@ -3,7 +3,6 @@ slow clients, and the one GPU timer."""
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 import socket
@@ -15,7 +14,8 @@ from typing import Any
 import pytest
 import websocket
 
-from tests.support import TOKEN, Api, GatewayProcess, wait_for
+from tests.support import TOKEN, Api, Gate, GatewayProcess, wait_for
+from vrungpu_gateway.engine.streams import OUTBOX_BYTES
 
 Message = dict[str, Any]
 
@@ -221,22 +221,23 @@ def test_subscriber_gets_100k_lines_in_order_exactly_once(
 
 
 def test_subscribe_mid_run_from_an_offset_gets_that_tail_then_live_lines(
-    gateway: GatewayProcess, api: Api, connect: Callable[..., Ws]
+    gateway: GatewayProcess, api: Api, connect: Callable[..., Ws], gate: Gate
 ) -> None:
-    code = (
-        "import sys, time\n"
-        "for i in range(400):\n"
+    lines = (
+        "for i in range({start}, {end}):\n"
         "    print(i, flush=True)\n"
         "    print('e', i, file=sys.stderr, flush=True)\n"
-        "    time.sleep(0.005)\n"
     )
+    code = "import sys\n" + lines.format(start=0, end=200) + gate.code
+    code += lines.format(start=200, end=400)
     task_id = api.submit(code)
     logs = f"/task/{task_id}/logs"
-    wait_for(lambda: len(api.get(logs, params={"stream": "stdout"}).json()["lines"]) >= 100, 20)
+    wait_for(lambda: len(api.get(logs, params={"stream": "stderr"}).json()["lines"]) == 200, 20)
     out = api.get(logs, params={"stream": "stdout", "tail": 50}).json()
     err = api.get(logs, params={"stream": "stderr", "tail": 20}).json()
     assert api.task(task_id)["status"] == "running"
     first_out, first_err = int(out["lines"][0]), int(err["lines"][0].split()[1])
+    assert (first_out, first_err) == (150, 180)
     ws = connect(gateway)
     ws.recv()
     ws.send(
@@ -244,9 +245,10 @@ def test_subscribe_mid_run_from_an_offset_gets_that_tail_then_live_lines(
         task_id=task_id,
         offsets={"stdout": out["offset"], "stderr": err["offset"]},
     )
-    seen = ws.until(is_end(task_id))
-    ack = next(m for m in seen if m["type"] == "subscribed")
+    ack = ws.until(lambda m: m["type"] == "subscribed")[-1]
     assert ack["offsets"] == {"stdout": out["offset"], "stderr": err["offset"]}
+    gate.open()  # the rest is printed after the subscription: it comes live
+    seen = ws.until(is_end(task_id))
     assert subscribed_lines(seen, task_id) == [str(i) for i in range(first_out, 400)]
     expected_err = [f"e {i}" for i in range(first_err, 400)]
     assert subscribed_lines(seen, task_id, "stderr") == expected_err
@@ -267,14 +269,14 @@ def test_terminal_update_comes_after_all_output_of_a_finished_task(
 
 
 def test_a_subscriber_gets_only_its_tasks_output_and_the_firehose_after_unsubscribing(
-    gateway: GatewayProcess, api: Api, connect: Callable[..., Ws]
+    gateway: GatewayProcess, api: Api, connect: Callable[..., Ws], gate: Gate
 ) -> None:
-    ticker = "import time\nfor i in range({n}):\n    print({name!r}, i, flush=True)\n"
-    ticker += "    time.sleep(0.05)\n"
     ws = connect(gateway)
     ws.recv()
-    mine = api.submit(ticker.format(name="mine", n=60))
-    other = api.submit(ticker.format(name="other", n=1000))
+    mine = api.submit("import time\nfor i in range(60):\n    print('mine', i, flush=True)\n")
+    ticker = "import os, time\ni = 0\nwhile not os.path.exists({path!r}):\n"
+    ticker += "    print('other', i, flush=True)\n    i += 1\n    time.sleep(0.05)\n"
+    other = api.submit(ticker.format(path=str(gate.path)))  # ticks until the gate opens
     ws.send(type="subscribe", task_id=mine)
     seen = ws.until(is_end(mine))
     ack = next(i for i, m in enumerate(seen) if m["type"] == "subscribed")
@@ -285,7 +287,8 @@ def test_a_subscriber_gets_only_its_tasks_output_and_the_firehose_after_unsubscr
     ws.until(lambda m: m["type"] == "unsubscribed")
     line = ws.until(lambda m: m["type"] == "task_output")[-1]  # the firehose again
     assert line["task_id"] == other and line["line"].startswith("other ")
-    api.post(f"/task/{other}/cancel")
+    gate.open()
+    api.wait_status(other, "completed")
 
 
 def test_bad_messages_get_errors_and_keep_the_connection(
@@ -336,71 +339,41 @@ def _rss_mb(pid: int) -> float:
     return int(match.group(1)) / 1024
 
 
-def _timed_job(
-    api: Api, pid: int, n: int, watch: Callable[[str], None] | None = None
-) -> tuple[float, float]:
-    """Run a job printing ``n`` lines (``watch(task_id)`` first, if given); the job's own
-    wall time, and the gateway's peak RSS (MB) meanwhile."""
-    code = (
-        "import time\ntime.sleep(0.5)\nt = time.monotonic()\n"
-        + PRINT_N.format(n=n)
-        + "print('WALL', time.monotonic() - t)\n"
-    )
-    task_id = api.submit(code)
-    if watch is not None:
-        watch(task_id)
-    peak = _rss_mb(pid)
-    while api.task(task_id)["status"] not in ("completed", "failed"):
-        peak = max(peak, _rss_mb(pid))
-        time.sleep(0.1)
-    last = api.get(f"/task/{task_id}/logs", params={"stream": "stdout", "tail": 1}).json()
-    assert api.task(task_id)["status"] == "completed", last
-    return float(last["lines"][-1].split()[1]), peak
-
-
 @pytest.mark.slow
-def test_stalled_clients_do_not_slow_the_job_nor_grow_memory(
+def test_stalled_clients_get_a_gap_and_do_not_grow_the_gateways_memory(
     gateway: GatewayProcess, api: Api, connect: Callable[..., Ws]
 ) -> None:
+    """Two clients stop reading (a firehose one and a subscriber) while a job prints ~80 MB,
+    ten times the budget of both: the job completes, the gateway's memory grows by less than
+    four budgets (not by the output), and the subscriber is told of its gap. (What stalled
+    clients cost the job's speed is a figure of bench/bench_stream.py, not a test.)"""
     pid = gateway.proc.pid  # type: ignore[union-attr]
-    n = 1_000_000
-    peaks: list[float] = []
-
-    def alone() -> float:
-        return _timed_job(api, pid, n)[0]
-
-    def stalled() -> float:
-        # Two clients that stopped reading: one on the firehose, one subscribed to the job. A
-        # small receive buffer and a first, shorter job make them stall before the timed one
-        # (until then the kernel still takes what they could read later).
-        clients = [connect(gateway, sockopt=STALL) for _ in range(2)]
-        watch = functools.partial(clients[1].send, type="subscribe", offset=0)
-        _timed_job(api, pid, 200_000, lambda task_id: watch(task_id=task_id))
-        wall, peak = _timed_job(api, pid, n, lambda task_id: watch(task_id=task_id))
-        peaks.append(peak)
-        for client in clients:
-            client.abort()
-        return wall
-
     base_rss = _rss_mb(pid)
-    pairs: list[tuple[float, float]] = []  # (alone, stalled), run back to back
-
-    def within_ratio() -> bool:
-        # The load of a small shared machine changes from second to second: compare runs made
-        # back to back, the best pair of up to three, with a floor of 0.3 s against the noise.
-        return any(watched <= 1.2 * free + 0.3 for free, watched in pairs)
-
-    while len(pairs) < 3 and not within_ratio():
-        pairs.append((alone(), stalled()))
-    assert within_ratio(), pairs
-    assert max(peaks) - base_rss < 100, f"the gateway's RSS grew by {max(peaks) - base_rss:.0f} MB"
+    firehose, subscriber = (connect(gateway, sockopt=STALL) for _ in range(2))
+    firehose.recv()
+    subscriber.recv()
+    n = 400_000  # lines of ~207 bytes
+    task_id = api.submit(BIG_LINES.format(n=n))
+    subscriber.send(type="subscribe", task_id=task_id, offset=0)
+    peak = base_rss
+    while api.task(task_id)["status"] not in ("completed", "failed"):
+        peak = max(peak, _rss_mb(pid))
+        time.sleep(0.05)
+    peak = max(peak, _rss_mb(pid))
+    assert api.task(task_id)["status"] == "completed"
+    assert log_size(gateway, task_id) > 75 * 2**20
+    budget_mb = 2 * OUTBOX_BYTES / 2**20
+    assert peak - base_rss < 4 * budget_mb, f"RSS grew by {peak - base_rss:.0f} MB"
+    seen = subscriber.until(lambda m: m["type"] == "gap" or is_end(task_id)(m), 60)
+    assert seen[-1]["type"] == "gap" and seen[-1]["task_id"] == task_id
 
 
 # -- lifecycle -----------------------------------------------------------------------------------
-@pytest.mark.slow
-def test_connect_disconnect_cycles_leave_one_gpu_timer(
+def test_clients_that_leave_are_forgotten_and_gpu_updates_go_on(
     gateway: GatewayProcess, connect: Callable[..., Ws]
 ) -> None:
+    # How often gpu_update comes (one timer for all clients, not one per past client) is a
+    # figure of bench/bench_gateway.py; here: each client is forgotten, the updates go on.
     for _ in range(5):
         ws = connect(gateway)
         assert ws.recv()["type"] == "init"
@@ -408,12 +381,41 @@ def test_connect_disconnect_cycles_leave_one_gpu_timer(
     wait_for(lambda: gateway.log().count("(0 connected)") == 5, 10, what="clients forgotten")
     ws = connect(gateway)
     ws.recv()
-    start = time.monotonic()
-    stamps: list[float] = []
-    while time.monotonic() - start < 4.5:
-        if ws.recv(10)["type"] == "gpu_update":
-            stamps.append(time.monotonic())
-    assert 2 <= len(stamps) <= 3, stamps  # one update every 2 s, not one per past client
-    assert all(b - a > 1.5 for a, b in zip(stamps, stamps[1:], strict=False)), stamps
+    update = ws.until(lambda m: m["type"] == "gpu_update", 10)[-1]
+    assert len(update["gpus"]) == 2 and update["pool"]["total_gpus"] == 2
     counts = re.findall(r"client \S+ connected \((\d+) connected\)", gateway.log())
     assert counts == ["1"] * 6
+
+
+# -- task_update rate ----------------------------------------------------------------------------
+def test_progress_updates_are_rate_limited_and_the_last_one_arrives(
+    gateway: GatewayProcess, api: Api, connect: Callable[..., Ws], gate: Gate
+) -> None:
+    ws = connect(gateway)
+    ws.recv()
+    lines = 500  # each in its own chunk: a pause after each
+    code = (
+        "import time\n"
+        f"for i in range({lines}):\n"
+        "    print(f'[PROGRESS:{i / 10}:step {i}]', flush=True)\n"
+        "    time.sleep(0.002)\n"
+        "print('[PROGRESS:73:last]', flush=True)\n" + gate.code
+    )
+    task_id = api.submit(code)
+
+    def last_progress(m: Message) -> bool:
+        return (
+            m["type"] == "task_update"
+            and m["task"]["task_id"] == task_id
+            and m["task"]["progress"] == 73
+        )
+
+    seen = ws.until(last_progress, 60)
+    updates = [m["task"] for m in seen if m["type"] == "task_update"]
+    updates = [u for u in updates if u["task_id"] == task_id]
+    assert updates[-1]["progress_message"] == "last" and updates[-1]["status"] == "running"
+    # at most 5 a second: far fewer updates than progress lines (typically ~10)
+    assert len(updates) < lines // 5, len(updates)
+    assert api.task(task_id)["progress"] == 73
+    gate.open()
+    ws.until(is_end(task_id))
