@@ -151,11 +151,12 @@ def test_timeout_sends_sigterm_then_sigkill_to_the_whole_group(api: Api) -> None
         "print('pids', os.getpid(), child.pid, flush=True)\n"
         "while True:\n    time.sleep(1)\n"
     )
-    task = api.post("/run/sync", json={"code": code, "timeout": 3}).json()
-    pids = [int(p) for p in task["stdout"].split("\n")[0].split()[1:]]
+    task_id = api.submit(code, timeout=3)
+    out = wait_for(lambda: "\n" in (out := api.task(task_id)["stdout"]) and out, 10)
+    pids = [int(p) for p in out.split("\n")[0].split()[1:]]
     try:
-        assert task["status"] == "failed" and task["failure_reason"] == "timeout"
-        assert task["error"] == "Timeout after 3 seconds"
+        task = api.wait_status(task_id, "completed", "failed")
+        assert task["failure_reason"] == "timeout" and task["error"] == "Timeout after 3 seconds"
         assert len(pids) == 2 and "got SIGTERM" in task["stdout"]  # SIGTERM came first
         wait_for(lambda: not any(pid_alive(p) for p in pids), 10, what="SIGKILL after the grace")
     finally:
@@ -169,9 +170,10 @@ def test_what_the_main_process_leaves_in_its_group_dies_with_it(api: Api) -> Non
         "    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
         "print(child.pid)\n"
     )
-    task = api.post("/run/sync", json={"code": code, "timeout": 60}).json()
-    pid = int(task["stdout"])
+    task_id = api.submit(code, timeout=60)
+    pid = int(wait_for(lambda: api.task(task_id)["stdout"], 10))
     try:
+        task = api.wait_status(task_id, "completed", "failed")
         assert task["status"] == "completed" and task["return_code"] == 0
         wait_for(lambda: not pid_alive(pid), 10, what="the job's leftover child killed")
     finally:
