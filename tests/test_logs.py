@@ -59,7 +59,7 @@ def test_line_text(raw: bytes, text: str) -> None:
 
 def _feed_randomly(path: Path, data: bytes, seed: int) -> list[Line]:
     emitted: list[Line] = []
-    out = OutputStream(path, "stdout", emitted.append, lambda progress: None)
+    out = OutputStream(path, "stdout", emitted.extend, lambda progress: None)
     rng = random.Random(seed)
     pos = 0
     while pos < len(data):

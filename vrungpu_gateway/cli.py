@@ -16,7 +16,7 @@ import tornado.netutil
 
 from vrungpu_gateway import __version__
 from vrungpu_gateway.app import make_app
-from vrungpu_gateway.config import GatewayConfig
+from vrungpu_gateway.config import ON_STOP_CHOICES, GatewayConfig
 from vrungpu_gateway.service import Gateway
 
 log = logging.getLogger("vrungpu_gateway")
@@ -114,6 +114,25 @@ def build_parser() -> argparse.ArgumentParser:
         default=float(_env("WORKER_IDLE_TIMEOUT", str(d.worker_idle_timeout_s)) or 0),
         help="seconds an idle model worker stays loaded before it frees its slot (default 600)",
     )
+    p.add_argument(
+        "--on-stop",
+        choices=ON_STOP_CHOICES,
+        default=_env("ON_STOP", d.on_stop),
+        help="what a stopping gateway does with running jobs: leave them running for the "
+        "next start (default), drain (start nothing new, wait for them) or kill them",
+    )
+    p.add_argument(
+        "--max-log-mb",
+        type=float,
+        default=float(_env("MAX_LOG_MB", str(d.max_log_mb)) or 0),
+        help="log size per task and stream; past it output is dropped (default 1024)",
+    )
+    p.add_argument(
+        "--preload",
+        default=_env("PRELOAD", ",".join(d.preload)),
+        help="modules a warm zygote imports once (comma list, e.g. torch,numpy; default none); "
+        "jobs fork from it instead of starting a fresh interpreter",
+    )
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"), help="logging level")
     p.add_argument("--version", action="version", version=f"vrungpu-gateway {__version__}")
     return p
@@ -135,6 +154,9 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         allow_origins=list(args.allow_origin),
         max_warm_models=args.max_warm_models,
         worker_idle_timeout_s=args.worker_idle_timeout,
+        on_stop=args.on_stop,
+        max_log_mb=args.max_log_mb,
+        preload=[m.strip() for m in (args.preload or "").split(",") if m.strip()],
     )
 
 
@@ -185,7 +207,7 @@ async def serve(config: GatewayConfig) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("stopping: no new requests; ending running jobs")
+    log.info("stopping: no new requests; running jobs: %s", config.on_stop)
     server.stop()
     await gateway.stop()
     runtime.unlink(missing_ok=True)

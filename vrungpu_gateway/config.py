@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
+ON_STOP_CHOICES = ("leave", "drain", "kill")
 
 
 def is_loopback(host: str) -> bool:
@@ -37,6 +38,9 @@ class GatewayConfig:
     allow_origins: list[str] = field(default_factory=list)
     max_warm_models: int = 2
     worker_idle_timeout_s: float = 600.0
+    on_stop: str = "leave"  # leave | drain | kill: running jobs when the gateway stops
+    max_log_mb: float = 1024.0
+    preload: list[str] = field(default_factory=list)
 
     def check(self) -> None:
         """Refuse unsafe or impossible combinations with one clear line."""
@@ -53,6 +57,10 @@ class GatewayConfig:
             raise ValueError("--max-warm-models must be >= 1")
         if self.worker_idle_timeout_s <= 0:
             raise ValueError("--worker-idle-timeout must be > 0")
+        if self.on_stop not in ON_STOP_CHOICES:
+            raise ValueError(f"--on-stop must be one of {', '.join(ON_STOP_CHOICES)}")
+        if self.max_log_mb <= 0:
+            raise ValueError("--max-log-mb must be > 0")
         if not (0 <= self.port <= 65535):
             raise ValueError("--port must be between 0 and 65535")
 

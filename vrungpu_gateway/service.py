@@ -16,7 +16,7 @@ from vrungpu_gateway.engine.gpu_monitor import GpuMonitor
 from vrungpu_gateway.engine.layout import DataLayout
 from vrungpu_gateway.engine.manager import TaskManager
 from vrungpu_gateway.engine.registry import ModelRegistry
-from vrungpu_gateway.engine.runner import LocalProcessRunner, Runner
+from vrungpu_gateway.engine.runner import DetachedRunner, Runner
 from vrungpu_gateway.engine.scheduler import Scheduler
 from vrungpu_gateway.engine.stream_hub import StreamHub
 from vrungpu_gateway.engine.workers import WorkerPool
@@ -60,10 +60,15 @@ class Gateway:
         bus = EventBus()
         scheduler = Scheduler(gpu_indices=backend.indices(), cpu_slots=config.cpu_slots)
         monitor = GpuMonitor(backend=backend, scheduler=scheduler, bus=bus)
+        runner = runner or DetachedRunner(
+            run_dir=layout.run,
+            logs_dir=layout.logs,
+            max_log_bytes=int(config.max_log_mb * 2**20),
+        )
         tasks = TaskManager(
             db=db,
             scheduler=scheduler,
-            runner=runner or LocalProcessRunner(),
+            runner=runner,
             bus=bus,
             layout=layout,
             python=config.python,
@@ -100,7 +105,7 @@ class Gateway:
 
     async def stop(self) -> None:
         await self.monitor.stop()
-        await self.tasks.shutdown()
+        await self.tasks.shutdown(on_stop=self.config.on_stop)
         await self.workers.close()
         self.db.close()
 

@@ -30,9 +30,14 @@ class DataLayout:
     def uploads(self) -> Path:
         return self.root / "uploads"
 
+    @property
+    def run(self) -> Path:
+        """Each running job's spec, state and exit files (see ``engine/shim.py``)."""
+        return self.root / "run"
+
     def workspace(self, task_id: str) -> Path:
         return self.workspaces / task_id
 
     def ensure(self) -> None:
-        for path in (self.root, self.workspaces, self.logs, self.models, self.uploads):
+        for path in (self.root, self.workspaces, self.logs, self.models, self.uploads, self.run):
             path.mkdir(parents=True, exist_ok=True)

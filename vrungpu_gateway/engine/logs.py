@@ -74,31 +74,42 @@ class Line(NamedTuple):  # a tuple: made once per output line, so cheap to build
 
 
 class OutputStream:
-    """Appends one stream's chunks to its file and yields complete lines and progress."""
+    """Cuts one stream's chunks into lines and progress, one callback per chunk.
+
+    With ``offset=None`` it also appends the chunks to the stream's file (a runner that hands
+    us its output); with an offset, someone else (the job's shim) writes the file and the
+    chunks are what it wrote from that offset on, which must be a line start.
+    """
 
     def __init__(
         self,
         path: Path,
         stream: str,
-        on_line: Callable[[Line], None],
+        on_lines: Callable[[list[Line]], None],
         on_progress: Callable[[Progress], None],
+        *,
+        offset: int | None = None,
     ) -> None:
         self.stream = stream
-        self._file: BinaryIO = open(path, "ab")  # noqa: SIM115 - lives as long as the job
-        self.offset = self._file.tell()
+        self._file: BinaryIO | None = None
+        if offset is None:
+            self._file = open(path, "ab")  # noqa: SIM115 - lives as long as the job
+            offset = self._file.tell()
+        self.offset = offset
         self._pending = b""
-        self._on_line = on_line
+        self._on_lines = on_lines
         self._on_progress = on_progress
 
     def feed(self, chunk: bytes) -> None:
-        self._file.write(chunk)
-        self._file.flush()
+        if self._file is not None:
+            self._file.write(chunk)
+            self._file.flush()
         data = self._pending + chunk
         base = self.offset - len(self._pending)
         self.offset += len(chunk)
         raws, consumed = split_lines(data)
-        for raw, end in raws:
-            self._emit(raw, base + end)
+        if raws:
+            self._on_lines([self._line(raw, base + end) for raw, end in raws])
         rest = data[consumed:]
         if b"\r" in rest:  # tqdm redraws a bar with \r and no \n: read progress as it comes
             self._progress_from(rest)  # a bar cut short cannot match: the pattern needs "%|"
@@ -106,11 +117,12 @@ class OutputStream:
 
     def close(self) -> None:
         if self._pending:
-            self._emit(self._pending, self.offset)
+            self._on_lines([self._line(self._pending, self.offset)])
             self._pending = b""
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
-    def _emit(self, raw: bytes, end_offset: int) -> None:
+    def _line(self, raw: bytes, end_offset: int) -> Line:
         text = line_text(raw)
         if b"\r" in raw:
             self._progress_from(raw)
@@ -118,7 +130,7 @@ class OutputStream:
             progress = parse_progress(text)
             if progress is not None:
                 self._on_progress(progress)
-        self._on_line(Line(self.stream, text, end_offset))
+        return Line(self.stream, text, end_offset)
 
     def _progress_from(self, raw: bytes) -> None:
         for segment in reversed(decode(raw).split("\r")):

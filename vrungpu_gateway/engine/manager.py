@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +22,14 @@ from vrungpu_gateway.engine.events import EventBus
 from vrungpu_gateway.engine.layout import DataLayout
 from vrungpu_gateway.engine.logs import Line
 from vrungpu_gateway.engine.progress import Progress
-from vrungpu_gateway.engine.runner import JobSpec, Runner
+from vrungpu_gateway.engine.runner import (
+    DetachedRunner,
+    JobExit,
+    JobHandle,
+    JobSpec,
+    OutputCallback,
+    Runner,
+)
 from vrungpu_gateway.engine.scheduler import Assignment, Request, Scheduler
 from vrungpu_gateway.engine.supervisor import Outcome, Supervisor
 from vrungpu_gateway.engine.task import TaskRecord, new_id, utcnow
@@ -177,35 +182,56 @@ class TaskManager:
             job.add_done_callback(self._jobs.discard)
 
     # -- one job -----------------------------------------------------------------------------
-    async def _run(self, assignment: Assignment) -> None:
+    async def _run(self, assignment: Assignment, *, adopted: bool = False) -> None:
         live = self._live[assignment.task_id]
         record = live.record
-        if record.task_type not in self.pooled_runners:
+        if record.task_type not in self.pooled_runners and not adopted:
             self._mark_running(record, assignment.gpu_ids)
         live.updates = Throttle(UPDATE_INTERVAL_S, lambda: self._publish(record))
         live.persist = Throttle(PERSIST_INTERVAL_S, lambda: self._persist(record))
-        supervisor = self._supervisor(live, assignment.gpu_ids)
+        supervisor = self._supervisor(live, assignment.gpu_ids, adopted=adopted)
         live.supervisor = supervisor
         try:
             outcome = await supervisor.run()
-            await self._complete(live, outcome)
+        except asyncio.CancelledError:  # the gateway stops and leaves the job running
+            supervisor.detach()
+            raise
         except Exception as exc:  # never leave a task running in the books
             log.exception("task %s: supervisor failed", record.task_id)
-            await self._complete(live, Outcome(None, FailureReason.LOST, f"Gateway error: {exc}"))
+            outcome = Outcome(None, FailureReason.LOST, f"Gateway error: {exc}")
+        try:
+            await self._complete(live, outcome)
+        except Exception:  # the store gave up after its retries; the slot is free again
+            log.exception("task %s: could not record its end (%s)", record.task_id, outcome)
 
-    def _supervisor(self, live: LiveTask, gpu_ids: tuple[int, ...]) -> Supervisor:
+    def _supervisor(
+        self, live: LiveTask, gpu_ids: tuple[int, ...], *, adopted: bool = False
+    ) -> Supervisor:
         record = live.record
         workspace = self.layout.workspace(record.task_id)
         env = job_environment(
             task_id=record.task_id, workspace=str(workspace), gpu_ids=gpu_ids, user_env=record.env
         )
         spec = JobSpec(
-            record.task_id, [self.python, "-u", record.entry_point, *record.args], workspace, env
+            record.task_id,
+            [self.python, "-u", record.entry_point, *record.args],
+            workspace,
+            env,
+            timeout_s=record.timeout,
+            grace_s=self.kill_grace_s,
         )
 
         def started(pid: int) -> None:
-            record.pid = pid
-            self._persist(record)
+            if record.pid != pid:
+                record.pid = pid
+                self._persist(record)
+
+        adopt = None
+        if adopted and isinstance(self.runner, DetachedRunner):
+            runner = self.runner
+
+            def adopt(on_output: OutputCallback) -> Awaitable[JobHandle | JobExit]:
+                return runner.adopt(task_id=record.task_id, on_output=on_output)
 
         return Supervisor(
             spec=spec,
@@ -213,9 +239,10 @@ class TaskManager:
             logs_dir=self.layout.logs,
             timeout_s=record.timeout,
             grace_s=self.kill_grace_s,
-            on_line=lambda line: self._output(record, line),
+            on_lines=lambda lines: self._output(record, lines),
             on_progress=lambda p: self._progress(live, p),
             on_started=started,
+            adopt=adopt,
         )
 
     async def _complete(self, live: LiveTask, outcome: Outcome) -> None:
@@ -228,18 +255,29 @@ class TaskManager:
             outcome = Outcome(
                 outcome.return_code,
                 FailureReason.LOST,
-                "The gateway stopped while the task was running",
+                "The gateway stopped (--on-stop kill) while the task was running",
+                outcome.truncated,
             )
         record.return_code = outcome.return_code
         record.failure_reason = outcome.failure_reason.value if outcome.failure_reason else None
         record.error = outcome.error
+        record.stdout_log_truncated = outcome.truncated.get("stdout", False)
+        record.stderr_log_truncated = outcome.truncated.get("stderr", False)
         status = TaskStatus.COMPLETED if outcome.failure_reason is None else TaskStatus.FAILED
         if outcome.failure_reason is FailureReason.CANCELLED:
             status = TaskStatus.CANCELLED
-        if status is TaskStatus.COMPLETED:
-            status = await self._run_hooks(record)
-        await self._finish(live, status)
-        self._start(self.scheduler.release(record.task_id))
+        try:
+            if status is TaskStatus.COMPLETED:
+                status = await self._run_hooks(record)
+            await self._finish(live, status)
+        finally:  # whatever the store says, the slot is free again
+            self._start(self.scheduler.release(record.task_id))
+            self._forget_files(record.task_id)
+
+    def _forget_files(self, task_id: str) -> None:
+        if isinstance(self.runner, DetachedRunner):
+            files = self.runner.files(task_id)
+            asyncio.get_running_loop().run_in_executor(None, files.remove)
 
     async def _run_hooks(self, record: TaskRecord) -> TaskStatus:
         for hook in self.completion_hooks:
@@ -260,10 +298,12 @@ class TaskManager:
         record = live.record
         record.completed_at = utcnow()
         record.status = status
-        await self.db.run(repo.save_task, self.db, record)
-        self._live.pop(record.task_id, None)
-        self._publish(record)
-        live.done.set()
+        try:
+            await self.db.run(repo.save_task, self.db, record.copy())
+        finally:
+            self._live.pop(record.task_id, None)
+            self._publish(record)
+            live.done.set()
         log.info("task %s: %s (%s)", record.task_id, status.value, record.error or "ok")
 
     # -- state changes and their echoes ---------------------------------------------------------
@@ -273,7 +313,8 @@ class TaskManager:
         self._publish(record)
 
     def _persist(self, record: TaskRecord) -> None:
-        future = asyncio.ensure_future(self.db.run(repo.save_task, self.db, record.copy()))
+        # Submitted now, so writes land in the order the states were reached.
+        future = self.db.submit(repo.save_task, self.db, record.copy())
         future.add_done_callback(_log_failure(record.task_id))
 
     def _publish(self, record: TaskRecord) -> None:
@@ -281,14 +322,14 @@ class TaskManager:
         task["queue_position"] = self.scheduler.queue_position(record.task_id)
         self.bus.publish({"type": "task_update", "task": task})
 
-    def _output(self, record: TaskRecord, line: Line) -> None:
+    def _output(self, record: TaskRecord, lines: list[Line]) -> None:
+        """One event per chunk of output, whatever its number of lines."""
         self.bus.publish(
             {
                 "type": "task_output",
                 "task_id": record.task_id,
-                "stream": line.stream,
-                "line": line.text,
-                "offset": line.offset,
+                "stream": lines[0].stream,
+                "lines": lines,
             }
         )
 
@@ -445,38 +486,69 @@ class TaskManager:
 
     # -- start and stop ----------------------------------------------------------------------
     async def recover(self) -> None:
-        """Reconcile what a previous gateway left: re-queue waiting tasks, fail running ones."""
+        """Reconcile what a previous gateway left: adopt running jobs, re-queue waiting ones."""
         statuses = [TaskStatus.PENDING, TaskStatus.QUEUED, TaskStatus.RUNNING]
-        for record in await self.db.run(repo.tasks_with_status, self.db, statuses):
+        records = await self.db.run(repo.tasks_with_status, self.db, statuses)
+        for record in records:  # running ones first: they hold their GPUs already
             if record.status is TaskStatus.RUNNING:
-                await self._mark_lost(record)
-                continue
-            request = Request(record.task_id, record.priority, record.gpus, record.gpu_id)
-            problem = self.scheduler.validate(request)
-            if problem:
-                record.status, record.completed_at = TaskStatus.FAILED, utcnow()
-                record.failure_reason = FailureReason.SPAWN_ERROR.value
-                record.error = f"Cannot run after restart: {problem}"
-                await self.db.run(repo.save_task, self.db, record)
-                continue
-            log.info("task %s: re-queued after restart", record.task_id)
-            self._enqueue(record, request)
+                await self._adopt(record)
+        for record in records:
+            if record.status is not TaskStatus.RUNNING:
+                await self._requeue(record)
+
+    async def _adopt(self, record: TaskRecord) -> None:
+        gpu_ids = tuple(record.gpu_ids)
+        if not isinstance(self.runner, DetachedRunner) or record.task_type in self.pooled_runners:
+            await self._mark_lost(record)
+            return
+        self.scheduler.restore(record.task_id, gpu_ids)
+        self._live[record.task_id] = LiveTask(record)
+        log.info("task %s: following it again after a restart", record.task_id)
+        job = asyncio.create_task(self._run(Assignment(record.task_id, gpu_ids), adopted=True))
+        self._jobs.add(job)
+        job.add_done_callback(self._jobs.discard)
+
+    async def _requeue(self, record: TaskRecord) -> None:
+        request = Request(record.task_id, record.priority, record.gpus, record.gpu_id)
+        problem = self.scheduler.validate(request)
+        if problem:
+            record.status, record.completed_at = TaskStatus.FAILED, utcnow()
+            record.failure_reason = FailureReason.SPAWN_ERROR.value
+            record.error = f"Cannot run after restart: {problem}"
+            await self.db.run(repo.save_task, self.db, record)
+            return
+        log.info("task %s: re-queued after restart", record.task_id)
+        self._enqueue(record, request)
 
     async def _mark_lost(self, record: TaskRecord) -> None:
-        if record.pid:
-            await asyncio.to_thread(_kill_orphan, record.pid, record.task_id)
         record.status, record.completed_at = TaskStatus.FAILED, utcnow()
         record.failure_reason = FailureReason.LOST.value
         record.error = "The gateway stopped while the task was running"
         await self.db.run(repo.save_task, self.db, record)
         log.warning("task %s: marked lost (was running when the gateway stopped)", record.task_id)
 
-    async def shutdown(self) -> None:
-        """Stop running jobs (they are recorded as lost); queued ones wait for the next start."""
+    def drain(self) -> None:
+        """Start no more queued work (``--on-stop drain``): running jobs finish."""
         self._stopping = True
-        running = [live for live in self._live.values() if live.supervisor is not None]
-        for live in running:
-            live.supervisor.cancel()  # type: ignore[union-attr]
+
+    async def shutdown(self, *, on_stop: str = "leave") -> None:
+        """Stop the gateway's side of every job, as ``on_stop`` says.
+
+        ``leave``: stop following; jobs run on and the next start adopts them. ``drain``:
+        wait until running jobs end. ``kill``: end them (recorded as lost). Queued tasks stay
+        queued for the next start in every case.
+        """
+        self._stopping = True
+        if on_stop == "drain":
+            live = [t.done.wait() for t in self._live.values() if t.supervisor is not None]
+            await asyncio.gather(*live)
+        elif on_stop == "kill":
+            for live_task in self._live.values():
+                if live_task.supervisor is not None:
+                    live_task.supervisor.cancel()
+        else:
+            for job in self._jobs:
+                job.cancel()
         if self._jobs:
             await asyncio.gather(*self._jobs, return_exceptions=True)
 
@@ -487,18 +559,3 @@ def _log_failure(task_id: str) -> Callable[[asyncio.Future[Any]], None]:
             log.error("task %s: could not save: %s", task_id, future.exception())
 
     return check
-
-
-def _kill_orphan(pid: int, task_id: str) -> None:
-    """Kill a job group left by a crashed gateway, if that pid still is our job."""
-    try:
-        environ = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return
-    if f"VRUNGPU_TASK_ID={task_id}".encode() not in environ.split(b"\0"):
-        return
-    try:
-        os.killpg(pid, signal.SIGKILL)
-        log.warning("task %s: killed orphaned process group %s", task_id, pid)
-    except OSError:
-        pass

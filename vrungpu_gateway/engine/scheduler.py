@@ -121,6 +121,15 @@ class Scheduler:
         self._queue[request.task_id] = (-request.priority, next(self._seq), request)
         return self._dispatch()
 
+    def restore(self, task_id: str, gpu_ids: tuple[int, ...]) -> None:
+        """Record that ``task_id`` already holds ``gpu_ids`` (a CPU slot when empty): a job
+        adopted at start-up. It is running, so it counts even beyond the pool's size."""
+        self._allocations[task_id] = gpu_ids
+        for index in gpu_ids:
+            self._gpu_owner[index] = task_id
+        if not gpu_ids:
+            self._cpu_owner.add(task_id)
+
     def cancel(self, task_id: str) -> bool:
         """Take a task out of the queue; True when it was queued."""
         return self._queue.pop(task_id, None) is not None

@@ -67,7 +67,7 @@ class StreamHub:
             self._unsubscribe = None
 
     def _route(self, event: Event) -> None:
-        if event.get("type") == "task_output":  # the hot path: once per line
+        if event.get("type") == "task_output":  # the hot path: once per chunk of output
             clients = self._routes.get(event["task_id"], _NO_ROUTES).get(event["stream"])
             if clients is None:
                 clients = self._route_for(event["task_id"], event["stream"])

@@ -12,8 +12,9 @@ events to every ``Client``. The rules (see docs/streaming.md):
 - A subscription replays its task's log files from the asked offsets, paced by the outbox,
   then switches to live lines. The switch happens in one synchronous step on the event loop:
   the output stream writes a chunk to the file before it publishes that chunk's lines (in the
-  same callback), so the file read at the switch holds every line published so far, and live
-  lines after it end beyond the replayed offset. ``split_lines`` cuts replay and live output
+  same callback), or the job's shim wrote it before the gateway read it back, so the file read
+  at the switch holds every line published so far; live lines at or before the replayed
+  offset are skipped. ``split_lines`` cuts replay and live output
   at the same offsets, so nothing is lost or doubled at the seam.
 - For a subscribed task, the terminal ``task_update`` is sent after all of its output.
 """
@@ -228,15 +229,22 @@ class Client:
         return sub is not None and not sub.paused and sub.streams[stream].live
 
     def on_output(self, event: Message) -> None:
+        """One chunk of a task's output: ``event["lines"]`` holds its ``Line``s in order."""
+        task_id, stream = event["task_id"], event["stream"]
         if not self.subscriptions:
-            self._firehose(event)
+            for line in event["lines"]:
+                if not self._firehose(task_id, stream, line.text, line.offset):
+                    return
             return
-        sub = self.subscriptions.get(event["task_id"])
+        sub = self.subscriptions.get(task_id)
         if sub is None:
             return
-        state = sub.streams[event["stream"]]
-        if state.live and not sub.paused and event["offset"] > state.covered:
-            self._live_line(sub, event["stream"], state, event["line"], event["offset"])
+        state = sub.streams[stream]
+        for line in event["lines"]:
+            if not state.live or sub.paused:
+                return
+            if line.offset > state.covered:
+                self._live_line(sub, stream, state, line.text, line.offset)
 
     def _live_line(
         self, sub: _Subscription, stream: str, state: _StreamState, text: str, offset: int
@@ -277,24 +285,34 @@ class Client:
         state.covered = offset
         self._spend(cost)
 
-    def _firehose(self, event: Message) -> None:
-        key = (event["task_id"], event["stream"])
+    def _firehose(self, task_id: str, stream: str, text: str, offset: int) -> bool:
+        """Queue one line as the seed's single-line message; False once paused."""
+        key = (task_id, stream)
         if key in self._fire_paused:
             if self._cost > RESUME_BYTES:
-                return
+                return False
             self._fire_paused.discard(key)
-        cost = len(event["line"]) + EVENT_COST
+        cost = len(text) + EVENT_COST
         if self._cost + cost > OUTBOX_BYTES:
             self._fire_paused.add(key)
             self.ctx.changed()
             gap_at = self._fire_offsets.get(key, 0)
             self.push_control(
-                {"type": "gap", "task_id": key[0], "stream": key[1], "offset": gap_at}
+                {"type": "gap", "task_id": task_id, "stream": stream, "offset": gap_at}
             )
-            return
-        self._fire_offsets[key] = event["offset"]
-        self._push(event)  # the bus event is the seed's single-line message (plus offset)
+            return False
+        self._fire_offsets[key] = offset
+        self._push(
+            {
+                "type": "task_output",
+                "task_id": task_id,
+                "stream": stream,
+                "line": text,
+                "offset": offset,
+            }
+        )
         self._spend(cost)
+        return True
 
     def on_task_update(self, event: Message) -> None:
         task = event["task"]

@@ -49,7 +49,9 @@ class TaskRecord:
     save_model: bool = False
     model_name: str | None = None
     result: Any = None
-    pid: int | None = None
+    pid: int | None = None  # the job's shim (engine/shim.py)
+    stdout_log_truncated: bool = False  # the log reached --max-log-mb; later output dropped
+    stderr_log_truncated: bool = False
 
     @classmethod
     def column_names(cls) -> list[str]:
@@ -87,6 +89,8 @@ class TaskRecord:
             "failure_reason": self.failure_reason,
             "progress": self.progress,
             "progress_message": self.progress_message,
+            "stdout_log_truncated": self.stdout_log_truncated,
+            "stderr_log_truncated": self.stderr_log_truncated,
             "entry_point": self.entry_point,
             "timeout": self.timeout,
             "args": list(self.args),

@@ -32,7 +32,7 @@ from vrungpu_gateway.engine.events import Event, EventBus
 from vrungpu_gateway.engine.layout import DataLayout
 from vrungpu_gateway.engine.manager import TaskManager
 from vrungpu_gateway.engine.model_record import ModelRecord, ModelStatus
-from vrungpu_gateway.engine.runner import JobHandle, JobSpec, OutputCallback
+from vrungpu_gateway.engine.runner import JobExit, JobHandle, JobSpec, OutputCallback
 from vrungpu_gateway.engine.scheduler import Assignment, Request
 from vrungpu_gateway.engine.task import TaskRecord, iso, utcnow
 from vrungpu_gateway.engine.worker_process import (
@@ -134,18 +134,20 @@ class InferenceJob:
     """The ``JobHandle`` of one inference task: its request's life inside the pool."""
 
     pid = 0  # no process of its own; the worker's pid is in `GET /models/workers`
+    log_offsets = None  # the supervisor writes the task's logs from what we hand it
+    owns_deadline = False
 
     def __init__(self, work: Coroutine[Any, Any, int]) -> None:
         self._task = asyncio.ensure_future(work)
 
-    async def wait(self) -> int:
+    async def wait(self) -> JobExit:
         await asyncio.wait({self._task})
         if self._task.cancelled():
-            return -signal.SIGTERM
+            return JobExit(-signal.SIGTERM)
         if self._task.exception() is not None:
             log.error("inference request failed", exc_info=self._task.exception())
-            return 1
-        return self._task.result()
+            return JobExit(1)
+        return JobExit(self._task.result())
 
     async def kill(self, *, grace_s: float) -> None:
         self._task.cancel()

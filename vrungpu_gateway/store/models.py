@@ -70,6 +70,8 @@ class TaskRow(Base):
     model_name: Mapped[str | None] = mapped_column(String(200))
     result: Mapped[Any] = mapped_column(JSON, nullable=True)
     pid: Mapped[int | None] = mapped_column(Integer)
+    stdout_log_truncated: Mapped[bool] = mapped_column(Boolean, default=False)
+    stderr_log_truncated: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class ModelRow(Base):

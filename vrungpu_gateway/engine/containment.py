@@ -1,0 +1,213 @@
+"""Finding and killing every process of one job: cgroup v2 where we may, else the process tree.
+
+A job's processes are found three ways, and the union is what gets signalled:
+- its cgroup (``vrungpu/<task_id>`` under a writable cgroup v2 mount), which no process can
+  leave by ``setsid`` or double-forking;
+- the descendants of its shim, which is a child subreaper, so orphans are reparented to it;
+- the marker ``VRUNGPU_TASK_ID=<task_id>`` in a process's environment, for whatever is left
+  when the shim itself is gone.
+Zombies count as gone: PID 1 here may leave them unreaped for a while.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+PR_SET_CHILD_SUBREAPER = 36
+CGROUP_MOUNTS = (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))
+CGROUP_PARENT = "vrungpu"
+
+
+def become_subreaper() -> bool:
+    """Orphaned descendants are reparented to us instead of PID 1 (Linux only)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def cgroup_root() -> Path | None:
+    """A cgroup v2 hierarchy we may create groups in, or None."""
+    for mount in CGROUP_MOUNTS:
+        if not (mount / "cgroup.controllers").exists():  # v1 hierarchies have none
+            continue
+        parent = mount / CGROUP_PARENT
+        try:
+            parent.mkdir(exist_ok=True)
+        except OSError:
+            continue
+        if os.access(parent, os.W_OK):
+            return parent
+    return None
+
+
+def create_cgroup(task_id: str) -> Path | None:
+    root = cgroup_root()
+    if root is None:
+        return None
+    group = root / task_id
+    try:
+        group.mkdir(exist_ok=True)
+    except OSError as exc:
+        log.info("task %s: no cgroup (%s); using the process tree", task_id, exc)
+        return None
+    return group
+
+
+def remove_cgroup(group: Path | None) -> None:
+    if group is not None:
+        # still populated by an unkillable process: leave it for the next start
+        with contextlib.suppress(OSError):
+            group.rmdir()
+
+
+def is_alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return False
+    state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
+    return state not in (b"Z", b"X")
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (identifies it across pid reuse)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    return int(fields[19])
+
+
+def _process_table() -> dict[int, int]:
+    """pid -> parent pid of every live process."""
+    table = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry.name}/stat").read_bytes()
+        except OSError:
+            continue
+        rest = stat[stat.rfind(b")") + 2 :].split()
+        if rest[0] in (b"Z", b"X"):
+            continue
+        table[int(entry.name)] = int(rest[1])
+    return table
+
+
+def descendants(root: int) -> set[int]:
+    table = _process_table()
+    children: dict[int, list[int]] = {}
+    for pid, ppid in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found: set[int] = set()
+    todo = list(children.get(root, ()))
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo.extend(children.get(pid, ()))
+    return found
+
+
+def marked(task_id: str) -> set[int]:
+    """Processes whose environment carries this task's marker."""
+    marker = f"VRUNGPU_TASK_ID={task_id}".encode()
+    found = set()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = Path(f"/proc/{entry.name}/environ").read_bytes()
+        except OSError:
+            continue
+        if marker in environ.split(b"\0") and is_alive(int(entry.name)):
+            found.add(int(entry.name))
+    return found
+
+
+def cgroup_members(group: Path | None) -> set[int]:
+    if group is None:
+        return set()
+    try:
+        text = (group / "cgroup.procs").read_text()
+    except OSError:
+        return set()
+    return {int(pid) for pid in text.split() if is_alive(int(pid))}
+
+
+def group_members(pgid: int | None) -> set[int]:
+    """Live processes in process group ``pgid`` (the job leader's group)."""
+    if not pgid:
+        return set()
+    found = set()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry.name}/stat").read_bytes()
+        except OSError:
+            continue
+        rest = stat[stat.rfind(b")") + 2 :].split()
+        if int(rest[2]) == pgid and rest[0] not in (b"Z", b"X"):
+            found.add(int(entry.name))
+    return found
+
+
+def job_processes(
+    task_id: str, *, shim_pid: int | None, group: Path | None, job_pgid: int | None = None
+) -> set[int]:
+    """Every live process of the job (never the shim itself, nor the caller)."""
+    found = cgroup_members(group) | marked(task_id) | group_members(job_pgid)
+    if shim_pid is not None:
+        found |= descendants(shim_pid)
+    found.discard(os.getpid())
+    if shim_pid is not None:
+        found.discard(shim_pid)
+    return {pid for pid in found if is_alive(pid)}
+
+
+def signal_all(pids: set[int], sig: signal.Signals, group: Path | None = None) -> None:
+    if sig is signal.SIGKILL and group is not None:
+        # cgroup.kill needs Linux 5.14; the signals one by one below do it elsewhere
+        with contextlib.suppress(OSError):
+            (group / "cgroup.kill").write_text("1")
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+def kill_leftovers(
+    task_id: str,
+    *,
+    shim_pid: int | None = None,
+    group: Path | None = None,
+    job_pgid: int | None = None,
+) -> int:
+    """SIGKILL whatever is left of a job, until nothing is (bounded); how many were found."""
+
+    def find() -> set[int]:
+        return job_processes(task_id, shim_pid=shim_pid, group=group, job_pgid=job_pgid)
+
+    found = find()
+    total = len(found)
+    deadline = time.monotonic() + 5.0
+    while found and time.monotonic() < deadline:
+        signal_all(found, signal.SIGKILL, group)
+        time.sleep(0.02)
+        found = find()
+    if found:
+        log.warning("task %s: processes %s survive SIGKILL", task_id, sorted(found))
+    return total
