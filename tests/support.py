@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -145,7 +146,15 @@ class GatewayProcess:
     def api(self) -> Api:
         return Api(self.url, self.token)
 
-    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+    def stop(self, sig: int = signal.SIGTERM, *, end_jobs: bool = True) -> int | None:
+        """Stop the gateway; with ``end_jobs``, also the jobs it leaves running (the default
+        ``--on-stop leave`` keeps them for the next start), so no test leaves processes."""
+        code = self._stop_gateway(sig)
+        if end_jobs:
+            end_detached_jobs(self.data_dir)
+        return code
+
+    def _stop_gateway(self, sig: int) -> int | None:
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else None
         self.proc.send_signal(sig)
@@ -156,8 +165,30 @@ class GatewayProcess:
             return self.proc.wait()
 
     def restart(self) -> GatewayProcess:
-        self.stop()
+        self.stop(end_jobs=False)
         return self.start()
+
+
+def shim_pids(data_dir: Path) -> dict[str, int]:
+    """task id -> pid of each job shim still alive under ``data_dir`` (from its state file)."""
+    found = {}
+    for state in (data_dir / "run").glob("*.state.json"):
+        try:
+            pid = json.loads(state.read_text())["shim_pid"]
+        except (OSError, ValueError, KeyError):
+            continue
+        if pid and pid_alive(pid):
+            found[state.name.split(".")[0]] = pid
+    return found
+
+
+def end_detached_jobs(data_dir: Path) -> None:
+    """Cancel every job a stopped gateway left running (SIGTERM to its shim), and wait."""
+    pids = shim_pids(data_dir)
+    for pid in pids.values():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: not any(pid_alive(p) for p in pids.values()), 30, what="left jobs to end")
 
 
 class Gate:

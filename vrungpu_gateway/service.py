@@ -7,6 +7,7 @@ Nothing here knows HTTP; ``app.py`` hands this object to the handlers.
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass
 
 from vrungpu_gateway import __version__
@@ -16,7 +17,7 @@ from vrungpu_gateway.engine.gpu_monitor import GpuMonitor
 from vrungpu_gateway.engine.layout import DataLayout
 from vrungpu_gateway.engine.manager import TaskManager
 from vrungpu_gateway.engine.registry import ModelRegistry
-from vrungpu_gateway.engine.runner import DetachedRunner, Runner
+from vrungpu_gateway.engine.runner import DetachedRunner, Runner, WarmSpawner
 from vrungpu_gateway.engine.scheduler import Scheduler
 from vrungpu_gateway.engine.stream_hub import StreamHub
 from vrungpu_gateway.engine.workers import WorkerPool
@@ -42,6 +43,7 @@ class Gateway:
     models: ModelRegistry
     streams: StreamHub
     token: str | None
+    warm: WarmSpawner | None = None
     version: str = __version__
 
     @classmethod
@@ -60,10 +62,16 @@ class Gateway:
         bus = EventBus()
         scheduler = Scheduler(gpu_indices=backend.indices(), cpu_slots=config.cpu_slots)
         monitor = GpuMonitor(backend=backend, scheduler=scheduler, bus=bus)
+        warm = None
+        if config.python == sys.executable:  # the zygote runs jobs with its own interpreter
+            warm = WarmSpawner(
+                python=config.python, preload=config.preload, log_path=layout.run / "zygote.log"
+            )
         runner = runner or DetachedRunner(
             run_dir=layout.run,
             logs_dir=layout.logs,
             max_log_bytes=int(config.max_log_mb * 2**20),
+            zygote=warm,
         )
         tasks = TaskManager(
             db=db,
@@ -95,10 +103,23 @@ class Gateway:
         token = None if config.no_auth else (config.token or load_or_create_token(layout.root))
         streams = StreamHub(bus=bus, monitor=monitor, tasks=tasks)
         return cls(
-            config, layout, db, bus, scheduler, monitor, tasks, workers, models, streams, token
+            config,
+            layout,
+            db,
+            bus,
+            scheduler,
+            monitor,
+            tasks,
+            workers,
+            models,
+            streams,
+            token,
+            warm,
         )
 
     async def start(self) -> None:
+        if self.warm is not None:
+            await self.warm.start()
         await self.models.recover()
         await self.tasks.recover()
         self.monitor.start()
@@ -107,6 +128,8 @@ class Gateway:
         await self.monitor.stop()
         await self.tasks.shutdown(on_stop=self.config.on_stop)
         await self.workers.close()
+        if self.warm is not None:
+            await self.warm.close()
         self.db.close()
 
     async def overview(self) -> dict[str, object]:

@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -366,3 +367,71 @@ def _popen_shim(files: JobFiles) -> subprocess.Popen[bytes]:
             start_new_session=True,  # not in the gateway's group: a signal to it spares jobs
             env=shim_environment(),
         )
+
+
+class WarmSpawner:
+    """Keeps one zygote up (``--preload``) and forks shims from it; restarts it when it dies.
+
+    One zygote serves every slot: the fork gives each job its own ``CUDA_VISIBLE_DEVICES``
+    before anything initialises CUDA, so a zygote per GPU would only multiply its memory.
+    While it is down, ``healthy()`` is False and jobs start cold.
+    """
+
+    RESTART_DELAY_S = 2.0
+
+    def __init__(self, *, python: str, preload: list[str], log_path: Path) -> None:
+        self.python = python
+        self.preload = preload
+        self.log_path = log_path
+        self._zygote: Any = None
+        self._starting: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def start(self) -> None:
+        from vrungpu_gateway.engine.zygote import Zygote  # forks; only loaded when warm
+
+        with tempfile.TemporaryDirectory(prefix="vrungpu-") as short:  # AF_UNIX: 108 bytes
+            try:
+                self._zygote = await Zygote.start(
+                    python=self.python,
+                    socket_path=Path(short) / "zygote.sock",
+                    preload=self.preload,
+                    log_path=self.log_path,
+                    env=shim_environment(),
+                )
+            except OSError as exc:
+                log.error("warm start unavailable, jobs start cold: %s", exc)
+                return
+        log.info("zygote pid %s ready (preloaded: %s)", self._zygote.pid, self.preload or "-")
+
+    def healthy(self) -> bool:
+        if self._zygote is not None and self._zygote.healthy():
+            return True
+        if not self._closed and (self._starting is None or self._starting.done()):
+            self._starting = asyncio.ensure_future(self._restart())
+        return False
+
+    async def _restart(self) -> None:
+        if self._zygote is not None:
+            await self._zygote.close(grace_s=1.0)
+            self._zygote = None
+        await asyncio.sleep(self.RESTART_DELAY_S)
+        if not self._closed:
+            log.warning("restarting the zygote")
+            await self.start()
+
+    async def spawn(self, spec_path: Path) -> int:
+        if self._zygote is None:
+            raise OSError("no zygote")
+        return int(await self._zygote.spawn(spec_path))
+
+    @property
+    def pid(self) -> int | None:
+        return self._zygote.pid if self._zygote is not None else None
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._starting is not None:
+            self._starting.cancel()
+        if self._zygote is not None:
+            await self._zygote.close(grace_s=2.0)
