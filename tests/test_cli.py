@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import REPO, TOKEN, Gate, GatewayProcess
+from tests.support import REPO, TOKEN, Gate, GatewayProcess, pid_alive, wait_for
 from vrungpu_gateway import __version__
 from vrungpu_gateway.cli import build_parser
 
@@ -116,3 +117,16 @@ def test_gpus_by_index_are_refused_without_nvml(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.startswith("vrungpu-gateway: --gpus 0,2: NVML unavailable")
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_stops_the_gateway_cleanly(
+    start_gateway: Callable[..., GatewayProcess], sig: signal.Signals, gate: Gate
+) -> None:
+    gw = start_gateway(gpus="sim:1", extra=["--on-stop", "kill"])
+    task_id = gw.api.submit("import os\nprint(os.getpid(), flush=True)\n" + gate.code)
+    pid = int(wait_for(lambda: gw.api.task(task_id)["stdout"], 10))
+    assert gw.stop(sig, end_jobs=False) == 0  # Ctrl-C is a clean stop, as SIGTERM is
+    assert not (gw.data_dir / "gateway.json").exists()
+    wait_for(lambda: not pid_alive(pid), 10, what="the running job ended (--on-stop kill)")
+    assert "stopping: no new requests" in gw.log()
