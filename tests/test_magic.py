@@ -13,7 +13,8 @@ import pytest
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import ExecutionResult, InteractiveShell
 
-from tests.support import TOKEN, Api, GatewayProcess
+from tests.model_helpers import register_plain
+from tests.support import TOKEN, Api, Gate, GatewayProcess
 from vrungpu_magic.awaited import _AwaitRewriter, _magic_call
 from vrungpu_magic.handle import TaskCancelledError, TaskFailedError, TaskHandle
 from vrungpu_magic.magic import VrunGPUMagics
@@ -119,6 +120,33 @@ def test_connection_from_traitlets(
     assert f"Connected to {gateway.url}" in capsys.readouterr().out
 
 
+def test_connection_sources_in_order_connect_traitlets_env_file(
+    shell: InteractiveShell,
+    magics: VrunGPUMagics,
+    gateway: GatewayProcess,
+    isolated_config: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: Any,
+) -> None:
+    unreachable = "http://127.0.0.1:9"
+    # env over file: the file's token is wrong, the environment's is right
+    isolated_config.write_text(json.dumps({"url": gateway.url, "token": "wrong-token"}))
+    monkeypatch.setenv("VRUNGPU_TOKEN", TOKEN)
+    magics.url = magics.token = ""
+    shell.run_line_magic("vrungpu", "connect")
+    assert f"Connected to {gateway.url}" in capsys.readouterr().out
+    # traitlets over env: the environment's URL leads nowhere
+    monkeypatch.setenv("VRUNGPU_URL", unreachable)
+    shell.run_line_magic("config", f"VrunGPUMagics.url = {gateway.url!r}")
+    shell.run_line_magic("vrungpu", "connect")
+    assert f"Connected to {gateway.url}" in capsys.readouterr().out
+    # connect's arguments over the traitlets
+    magics.url, magics.token = unreachable, "wrong-token"
+    shell.run_line_magic("vrungpu", f"connect {gateway.url} --token {TOKEN}")
+    assert f"Connected to {gateway.url}" in capsys.readouterr().out
+    assert (magics.url, magics.token) == (gateway.url, TOKEN)
+
+
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
@@ -188,6 +216,15 @@ def test_env_args_gpu_and_priority_reach_the_job(
     assert (task["gpu_ids"], task["priority"]) == ([1], 5)
 
 
+def test_gpus_flag_takes_that_many_gpus(
+    shell: InteractiveShell, magics: VrunGPUMagics, api: Api, capsys: Any
+) -> None:
+    code = "import os\nprint('visible', os.environ['CUDA_VISIBLE_DEVICES'])\n"
+    assert run(shell, f"%%vrungpu --gpus 2 --out h\n{code}").success
+    assert "visible 0,1" in capsys.readouterr().out
+    assert api.task(shell.user_ns["h"].task_id)["gpu_ids"] == [0, 1]
+
+
 def test_cpu_flag_runs_on_a_cpu_slot(
     shell: InteractiveShell, magics: VrunGPUMagics, api: Api
 ) -> None:
@@ -222,6 +259,33 @@ def test_dir_uploads_the_folder_without_ignored_files(
     listed = {f["path"] for f in shell.user_ns["h"].files()}
     assert {"train.py", "notes.txt", "pkg/helper.py"} <= listed
     assert not any(p.startswith("data/") or p.endswith(".ckpt") for p in listed)
+
+
+def test_dir_falls_back_to_gitignore_and_always_leaves_out_git_and_venvs(
+    shell: InteractiveShell, magics: VrunGPUMagics, tmp_path: Path
+) -> None:
+    project = tmp_path / "proj"
+    files = {
+        "main.py": "print('ran')\n",
+        "keep.txt": "kept",
+        "run.log": "ignored by .gitignore",
+        "secret/key.pem": "ignored by .gitignore",
+        ".gitignore": "# no .vrungpuignore here: this file is read instead\n*.log\nsecret/\n",
+        ".git/config": "[core]",
+        ".venv/bin/activate": "venv",
+        "venv/lib/site.py": "venv",
+        "pkg/__pycache__/mod.cpython-311.pyc": "bytecode",
+        "pkg/mod.py": "X = 1\n",
+    }
+    for rel, text in files.items():
+        (project / rel).parent.mkdir(parents=True, exist_ok=True)
+        (project / rel).write_text(text)
+    result = run(shell, f"%vrungpu --dir {project} --out h")
+    assert result.success, result.error_in_exec
+    listed = {f["path"] for f in shell.user_ns["h"].files()}
+    uploaded = {"main.py", "keep.txt", ".gitignore", "pkg/mod.py"}
+    assert uploaded <= listed
+    assert not listed & (set(files) - uploaded), listed
 
 
 def test_big_folder_upload_prints_progress(
@@ -326,6 +390,10 @@ def test_tasks_logs_and_cancel(
     shell.run_line_magic("vrungpu", f"logs {done}")
     out, err = capsys.readouterr()
     assert out == "out line\n" and err == "err line\n"
+    shell.run_line_magic("vrungpu", f"logs {done} --stream stderr")
+    assert capsys.readouterr() == ("", "err line\n")
+    shell.run_line_magic("vrungpu", f"logs {done} --stream stdout --tail 1")
+    assert capsys.readouterr() == ("out line\n", "")
     shell.run_line_magic("vrungpu", f"cancel {slow}")
     assert f"Cancelled task {slow}" in capsys.readouterr().out
     assert api.task(slow)["status"] == "cancelled"
@@ -344,6 +412,22 @@ def test_attach_replays_the_log_and_fails_like_the_task(
     assert "line 0\nline 1\nline 2\n" in out
 
 
+def test_attach_async_returns_a_handle_while_the_task_runs(
+    shell: InteractiveShell, magics: VrunGPUMagics, api: Api, gate: Gate, capsys: Any
+) -> None:
+    task_id = api.submit("print('before', flush=True)\n" + gate.code + "print('after')\n")
+    api.wait_status(task_id, "running")
+    result = run(shell, f"%vrungpu attach {task_id} --async --out h")
+    assert result.success, result.error_in_exec
+    handle = shell.user_ns["h"]
+    assert isinstance(handle, TaskHandle) and handle is result.result
+    assert handle.task_id == task_id and handle.status == "running"
+    assert f"Task {task_id} runs in the background" in capsys.readouterr().out
+    gate.open()
+    assert handle.result(timeout=30)["status"] == "completed"
+    assert handle.logs() == "before\nafter\n"
+
+
 def test_gpus_shows_each_gpu_and_its_task(
     shell: InteractiveShell, magics: VrunGPUMagics, api: Api, capsys: Any
 ) -> None:
@@ -357,13 +441,18 @@ def test_gpus_shows_each_gpu_and_its_task(
     api.post(f"/task/{task_id}/cancel")
 
 
-def test_models_lists_the_registry(shell: InteractiveShell, magics: VrunGPUMagics) -> None:
-    if not hasattr(magics.client, "list_models"):
-        with pytest.raises(UsageError, match="no model registry"):
-            shell.run_line_magic("vrungpu", "models")
-        return
-    table = shell.run_line_magic("vrungpu", "models")
-    assert repr(table) == "No models registered."
+def test_models_lists_the_registry(
+    shell: InteractiveShell, magics: VrunGPUMagics, api: Api
+) -> None:
+    assert repr(shell.run_line_magic("vrungpu", "models")) == "No models registered."
+    model = register_plain(api, name="magic-listed")
+    try:
+        table = shell.run_line_magic("vrungpu", "models")
+        text, page = repr(table), table._repr_html_()
+        assert model["model_id"] in text and "magic-listed" in text and "ready" in text
+        assert f"<td>{model['model_id']}</td>" in page
+    finally:
+        assert api.delete(f"/model/{model['model_id']}").status_code == 200
 
 
 def test_help(shell: InteractiveShell, magics: VrunGPUMagics, capsys: Any) -> None:
