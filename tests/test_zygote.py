@@ -166,7 +166,9 @@ async def runner(
 
 # -- what the job sees ------------------------------------------------------------------------
 async def test_main_name_argv_and_file(runner: Runner) -> None:
-    ws = runner.workspace({"main.py": "import sys\nprint(__name__, __file__, sys.argv)\n"})
+    ws = runner.workspace(
+        {"main.py": "import sys\nprint(__name__, __file__, sys.argv, sys.orig_argv)\n"}
+    )
     warm, cold = await runner.both(["main.py", "a", "b c", "--flag", "ünï"], ws)
     assert warm == cold
     assert cold.stdout.startswith(f"__main__ {ws / 'main.py'} ['main.py', 'a', 'b c', '--flag'")

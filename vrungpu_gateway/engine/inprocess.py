@@ -92,10 +92,12 @@ def _check_exec_limits(spec: LaunchSpec) -> None:
     for key in spec.env:
         if not key or "=" in key:
             raise OSError(errno.EINVAL, f"invalid environment variable name {key!r}")
+    if "\0" in spec.cwd:
+        raise OSError(errno.EINVAL, "embedded null byte in the job's cwd")
     total = 0
-    for text in (*spec.argv, spec.cwd, *(f"{k}={v}" for k, v in spec.env.items())):
+    for text in (*spec.argv, *(f"{k}={v}" for k, v in spec.env.items())):
         if "\0" in text:
-            raise OSError(errno.EINVAL, "embedded null byte in the job's argv, cwd or env")
+            raise OSError(errno.EINVAL, "embedded null byte in the job's argv or env")
         size = len(os.fsencode(text)) + 1
         if size > MAX_ARG_STRLEN:
             raise OSError(errno.E2BIG, f"Argument list too long: one string is {size} bytes")
@@ -194,6 +196,7 @@ def _prepare_interpreter(spec: LaunchSpec, entry: str, args: list[str]) -> bytes
     with _stage(f"can't open file {path!r}"), open(path, "rb") as fh:
         source = fh.read()
     sys.argv = [entry, *args]
+    sys.orig_argv = list(spec.argv)
     if not sys.flags.safe_path and sys.path:
         sys.path[0] = os.path.dirname(os.path.realpath(path))  # symlinks resolved, as python
     _reset_stdio(spec.env)
