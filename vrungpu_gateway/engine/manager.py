@@ -489,24 +489,33 @@ class TaskManager:
         """Reconcile what a previous gateway left: adopt running jobs, re-queue waiting ones."""
         statuses = [TaskStatus.PENDING, TaskStatus.QUEUED, TaskStatus.RUNNING]
         records = await self.db.run(repo.tasks_with_status, self.db, statuses)
+        waiting = []
         for record in records:  # running ones first: they hold their GPUs already
-            if record.status is TaskStatus.RUNNING:
-                await self._adopt(record)
-        for record in records:
             if record.status is not TaskStatus.RUNNING:
-                await self._requeue(record)
+                waiting.append(record)
+            elif not await self._adopt(record):
+                log.info("task %s: its job never started; queued again", record.task_id)
+                record.status, record.started_at = TaskStatus.QUEUED, None
+                record.gpu_id, record.gpu_ids = None, []
+                waiting.append(record)
+        for record in waiting:
+            await self._requeue(record)
 
-    async def _adopt(self, record: TaskRecord) -> None:
+    async def _adopt(self, record: TaskRecord) -> bool:
+        """Follow a job that was running; False when it never started."""
         gpu_ids = tuple(record.gpu_ids)
         if not isinstance(self.runner, DetachedRunner) or record.task_type in self.pooled_runners:
             await self._mark_lost(record)
-            return
+            return True
+        if not await self.runner.was_started(record.task_id):
+            return False
         self.scheduler.restore(record.task_id, gpu_ids)
         self._live[record.task_id] = LiveTask(record)
         log.info("task %s: following it again after a restart", record.task_id)
         job = asyncio.create_task(self._run(Assignment(record.task_id, gpu_ids), adopted=True))
         self._jobs.add(job)
         job.add_done_callback(self._jobs.discard)
+        return True
 
     async def _requeue(self, record: TaskRecord) -> None:
         request = Request(record.task_id, record.priority, record.gpus, record.gpu_id)

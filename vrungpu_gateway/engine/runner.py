@@ -36,6 +36,7 @@ OutputCallback = Callable[[str, bytes], None]  # (stream name, raw chunk)
 READ_CHUNK = 256 * 1024
 TAIL_INTERVAL_S = 0.05  # how often a running job's log files are checked for new output
 ADOPT_TAIL_BYTES = 256 * 1024  # re-read at adoption for the latest progress
+SHIM_START_S = 3.0  # a shim writes its state file first thing: this long at most
 
 
 @dataclass(frozen=True)
@@ -310,6 +311,19 @@ class DetachedRunner:
         pid, proc = await self._spawn(spec, files)
         log.info("task %s: shim pid %s: %s", spec.task_id, pid, " ".join(spec.argv))
         return DetachedHandle(files=files, pid=pid, on_output=on_output, offsets=offsets, proc=proc)
+
+    async def was_started(self, task_id: str) -> bool:
+        """Whether a shim ever started for ``task_id`` (a gateway may stop between marking a
+        task running and starting its shim). A shim writes its state file first thing; one
+        still starting up gets ``SHIM_START_S`` to do so."""
+        files = self.files(task_id)
+        for _ in range(int(SHIM_START_S / 0.1)):
+            if files.state.exists() or files.exit.exists():
+                return True
+            if not files.spec.exists():
+                return False
+            await asyncio.sleep(0.1)
+        return False
 
     def _write_spec(self, spec: JobSpec, files: JobFiles) -> None:
         files.remove()
