@@ -257,11 +257,11 @@ def read_exit(files: JobFiles) -> JobExit:
     data = files.read(files.exit)
     if data is None:
         state = files.read(files.state) or {}
+        group = Path(state["cgroup"]) if state.get("cgroup") else None
         killed = containment.kill_leftovers(
-            files.task_id,
-            group=Path(state["cgroup"]) if state.get("cgroup") else None,
-            job_pgid=state.get("job_pid"),
+            files.task_id, group=group, job_pgid=state.get("job_pid")
         )
+        containment.remove_cgroup(group)
         log.warning("task %s: its shim vanished (%s processes left, killed)", files.task_id, killed)
         return JobExit(
             None, FailureReason.LOST, "The job's supervisor vanished without recording an exit"

@@ -118,13 +118,16 @@ class Shim:
         wake = self._signals()
         containment.become_subreaper()
         self.group = containment.create_cgroup(self.spec.task_id)
-        self._write_state()
-        pipes = self._start(launch)
-        if pipes is None:
-            return 0
-        self._write_state()
-        self._follow(pipes, wake)
-        self._finish()
+        try:
+            self._write_state()
+            pipes = self._start(launch)
+            if pipes is None:
+                return 0
+            self._write_state()
+            self._follow(pipes, wake)
+            self._finish()
+        finally:
+            containment.remove_cgroup(self.group)
         return 0
 
     def _signals(self) -> int:
@@ -243,7 +246,6 @@ class Shim:
             self.spec.task_id, shim_pid=os.getpid(), group=self.group, job_pgid=self.job_pid
         )
         self._reap()
-        containment.remove_cgroup(self.group)
         for sink in self.sinks.values():
             sink.close()
         code = exit_code(self.status) if self.status is not None else None
