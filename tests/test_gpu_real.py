@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
-from tests.support import GatewayProcess
+from tests.support import REPO, TOKEN, GatewayProcess
 
 
 def _nvml_gpu_count() -> int:
-    try:
-        import pynvml
+    """GPUs NVML sees; 0 only where there is no NVIDIA library or driver. Any other NVML error
+    (a broken driver on a GPU host) raises, so these tests fail instead of skipping."""
+    import pynvml
 
+    try:
         pynvml.nvmlInit()
-        return int(pynvml.nvmlDeviceGetCount())
-    except Exception:
+    except (pynvml.NVMLError_LibraryNotFound, pynvml.NVMLError_DriverNotLoaded):
         return 0
+    try:
+        return int(pynvml.nvmlDeviceGetCount())
+    finally:
+        pynvml.nvmlShutdown()
 
 
 pytestmark = [
@@ -47,3 +55,15 @@ def test_job_sees_exactly_its_gpu(start_gateway: Callable[..., GatewayProcess]) 
     task = api.post("/run/sync", json={"code": code, "gpu_id": 0, "timeout": 120}).json()
     assert task["status"] == "completed", task["stderr"]
     assert task["stdout"].split() == ["1", "0", "1.0"]
+
+
+def test_gpus_by_index_keep_only_those_and_refuse_missing_ones(
+    start_gateway: Callable[..., GatewayProcess], tmp_path: Path
+) -> None:
+    count = _nvml_gpu_count()
+    api = start_gateway(gpus="0").api
+    assert [d["index"] for d in api.get("/gpu").json()["devices"]] == [0]
+    cmd = [sys.executable, "-m", "vrungpu_gateway", "--port", "0", "--gpus", f"0,{count}"]
+    cmd += ["--data-dir", str(tmp_path / "refused"), "--token", TOKEN]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and f"GPUs [{count}] not found" in done.stderr
