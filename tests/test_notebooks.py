@@ -20,7 +20,7 @@ pytest.importorskip("ipykernel")
 from jupyter_client.manager import start_new_kernel  # noqa: E402
 from nbclient import NotebookClient  # noqa: E402
 
-from tests.support import REPO, TOKEN, Api, GatewayProcess, wait_for  # noqa: E402
+from tests.support import REPO, TOKEN, Api, Gate, GatewayProcess, wait_for  # noqa: E402
 from vrungpu_magic.client import VrunGPUClient  # noqa: E402
 
 NOTEBOOKS = REPO / "notebooks"
@@ -324,20 +324,22 @@ def test_cancel_button_works_while_the_cell_waits(
 
 @pytest.mark.slow
 def test_attach_from_a_fresh_kernel_replays_the_log(
-    kernels: Callable[[str], Kernel], api: Api
+    kernels: Callable[[str], Kernel], api: Api, gate: Gate
 ) -> None:
     first = kernels("off")
-    code = (
-        "import time\nfor i in range(8):\n    print('line', i, flush=True)\n    time.sleep(0.5)\n"
-    )
+    lines = "for i in range({}, {}):\n    print('line', i, flush=True)\n"
+    code = lines.format(0, 4) + gate.code + lines.format(4, 8)  # runs until the gate opens
     started = first.run(f"%%vrungpu --async --out job\n{code}")
     assert not started.errors and "runs in the background" in started.stdout
     task_id = first.run("print(job.task_id)").stdout.strip()
     first.close()  # the kernel that started it is gone; the task runs on
     second = kernels("off")
-    api.wait_status(task_id, "running")
-    wait_for(lambda: "line 1" in api.get(f"/task/{task_id}/logs").json()["content"], 10)
-    outputs = second.run(f"%vrungpu attach {task_id}", timeout_s=60)
+    wait_for(lambda: "line 3" in api.get(f"/task/{task_id}/logs").json()["content"], 30)
+    assert api.task(task_id)["status"] == "running"
+    msg_id = second.execute(f"%vrungpu attach {task_id}")
+    replayed = second.collect(msg_id, until=lambda o: "line 3" in o.stdout, timeout_s=60)
+    gate.open()
+    outputs = second.collect(msg_id, replayed, timeout_s=60)
     assert not outputs.errors, outputs.errors
     assert "".join(f"line {i}\n" for i in range(8)) in outputs.stdout
     assert f"Task {task_id} completed in" in outputs.stdout
