@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from tests.model_helpers import register_plain
-from tests.support import TOKEN, GatewayProcess, wait_for
+from tests.support import TOKEN, Gate, GatewayProcess, wait_for
 
 if TYPE_CHECKING:
     from tests.browser.conftest import WatchedPage
@@ -204,6 +204,37 @@ def test_a_long_job_is_cancelled_from_the_ui(dash: Dashboard, gateway: GatewayPr
     expect(page.locator("#task-cancel")).to_be_hidden()
     dash.shot("cancelled")
     assert gateway.api.task(task_id)["status"] == "cancelled"
+    assert dash.errors == []
+
+
+# A WebSocket that never opens, as behind a proxy that refuses the upgrade.
+NO_WEBSOCKET = """
+window.WebSocket = class {
+  static CONNECTING = 0; static OPEN = 1; static CLOSING = 2; static CLOSED = 3;
+  constructor() {
+    this.readyState = 3;
+    setTimeout(() => this.onclose && this.onclose({ code: 1006 }), 0);
+  }
+  send() {}
+  close() {}
+};
+"""
+
+
+def test_falls_back_to_polling_by_itself_when_the_websocket_fails(
+    new_page: Callable[..., WatchedPage], gateway: GatewayProcess, gate: Gate
+) -> None:
+    view = new_page(viewport=(1440, 1000), timeout_ms=20_000, init_script=NO_WEBSOCKET)
+    dash = Dashboard(view, gateway.url)  # nothing forced: the page chooses by itself
+    code = "print('[PROGRESS:40:halfway]', flush=True)\n" + gate.code
+    task_id = gateway.api.submit(code, name="polled-job")
+    dash.open(f"#/task/{task_id}")
+    page = dash.page
+    expect(page.locator("#conn-status")).to_have_attribute("data-mode", "polling")
+    badge = page.locator("#task-status .badge")
+    expect(badge).to_have_attribute("data-status", "running")
+    gate.open()  # the page learns of the end by polling alone
+    expect(badge).to_have_attribute("data-status", "completed")
     assert dash.errors == []
 
 
