@@ -90,8 +90,8 @@ def start_time(pid: int) -> int | None:
     return int(fields[19])
 
 
-def _process_table() -> dict[int, int]:
-    """pid -> parent pid of every live process."""
+def _process_table() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, process group) of every live process: one pass over /proc."""
     table = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -103,16 +103,19 @@ def _process_table() -> dict[int, int]:
         rest = stat[stat.rfind(b")") + 2 :].split()
         if rest[0] in (b"Z", b"X"):
             continue
-        table[int(entry.name)] = int(rest[1])
+        table[int(entry.name)] = (int(rest[1]), int(rest[2]))
     return table
 
 
-def descendants(root: int) -> set[int]:
+def _tree_and_group(root: int | None, pgid: int | None) -> set[int]:
+    """Descendants of ``root`` and members of process group ``pgid``, from one table."""
     table = _process_table()
+    found = {pid for pid, (_, group) in table.items() if pgid and group == pgid}
+    if root is None:
+        return found
     children: dict[int, list[int]] = {}
-    for pid, ppid in table.items():
+    for pid, (ppid, _) in table.items():
         children.setdefault(ppid, []).append(pid)
-    found: set[int] = set()
     todo = list(children.get(root, ()))
     while todo:
         pid = todo.pop()
@@ -148,31 +151,17 @@ def cgroup_members(group: Path | None) -> set[int]:
     return {int(pid) for pid in text.split() if is_alive(int(pid))}
 
 
-def group_members(pgid: int | None) -> set[int]:
-    """Live processes in process group ``pgid`` (the job leader's group)."""
-    if not pgid:
-        return set()
-    found = set()
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry.name}/stat").read_bytes()
-        except OSError:
-            continue
-        rest = stat[stat.rfind(b")") + 2 :].split()
-        if int(rest[2]) == pgid and rest[0] not in (b"Z", b"X"):
-            found.add(int(entry.name))
-    return found
-
-
 def job_processes(
     task_id: str, *, shim_pid: int | None, group: Path | None, job_pgid: int | None = None
 ) -> set[int]:
-    """Every live process of the job (never the shim itself, nor the caller)."""
-    found = cgroup_members(group) | marked(task_id) | group_members(job_pgid)
-    if shim_pid is not None:
-        found |= descendants(shim_pid)
+    """Every live process of the job (never the shim itself, nor the caller).
+
+    The shim (``shim_pid`` given) finds them all as its descendants, being their subreaper;
+    without a shim, the environment marker is read too (one more pass over /proc).
+    """
+    found = cgroup_members(group) | _tree_and_group(shim_pid, job_pgid)
+    if shim_pid is None:
+        found |= marked(task_id)
     found.discard(os.getpid())
     if shim_pid is not None:
         found.discard(shim_pid)

@@ -32,6 +32,7 @@ import signal
 import sys
 import threading
 import types
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
@@ -202,8 +203,17 @@ def _prepare_interpreter(spec: LaunchSpec, entry: str, args: list[str]) -> bytes
     _reset_stdio(spec.env)
     _reset_hooks()
     _refresh_preloaded(spec.env)
+    _skip_preload_finalizers()
     sys.modules["__main__"] = _fresh_main(path)
     return source
+
+
+def _skip_preload_finalizers() -> None:
+    """Exit-time finalizers the preloaded modules registered (torch has 100+) only free state
+    of a process image that is thrown away at the job's end; in a fork each one also faults
+    in copy-on-write pages. Those of the job's own objects still run."""
+    for finalizer in list(weakref.finalize._registry):  # type: ignore[attr-defined]
+        finalizer.atexit = False
 
 
 def _reset_stdio(env: dict[str, str]) -> None:

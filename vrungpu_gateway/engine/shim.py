@@ -182,7 +182,8 @@ class Shim:
             self._reap()
             self._act(deadline)
             if self.status is not None and drain_until is None:
-                self._kill_all(signal.SIGKILL)  # what the job left behind dies with it
+                if self._has_children() or containment.cgroup_members(self.group):
+                    self._kill_all(signal.SIGKILL)  # what the job left behind dies with it
                 drain_until = time.monotonic() + DRAIN_AFTER_EXIT_S
             if drain_until is not None and time.monotonic() > drain_until:
                 break  # something unkillable holds a pipe: stop waiting for it
@@ -219,6 +220,16 @@ class Shim:
             if pid == self.job_pid:
                 self.status = status
 
+    @staticmethod
+    def _has_children() -> bool:
+        """Whether any process is still ours to reap: as their subreaper, every descendant
+        of the job that is left, orphaned or not, is a child of ours."""
+        try:
+            os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return False
+        return True
+
     def _act(self, deadline: float | None) -> None:
         now = time.monotonic()
         if self.reason is None and self.status is None:
@@ -242,10 +253,13 @@ class Shim:
         containment.signal_all(pids, sig, self.group)
 
     def _finish(self) -> None:
-        left = containment.kill_leftovers(
-            self.spec.task_id, shim_pid=os.getpid(), group=self.group, job_pgid=self.job_pid
-        )
         self._reap()
+        left = 0
+        if self._has_children() or containment.cgroup_members(self.group):
+            left = containment.kill_leftovers(
+                self.spec.task_id, shim_pid=os.getpid(), group=self.group, job_pgid=self.job_pid
+            )
+            self._reap()
         for sink in self.sinks.values():
             sink.close()
         code = exit_code(self.status) if self.status is not None else None
