@@ -57,13 +57,16 @@ class ShimSpec:
 
 
 def write_json_atomic(path: str | Path, data: dict[str, Any]) -> None:
-    """Write, fsync and rename: a reader sees the old file or the whole new one."""
+    """Write and rename: a reader sees the old file or the whole new one, whoever crashes.
+
+    No fsync: these files outlive a gateway or shim process, not the machine (a power loss
+    ends the jobs they describe as well).
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.write(fd, json.dumps(data).encode())
-        os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
