@@ -80,6 +80,8 @@ def _magic_call(source: str) -> tuple[str, str | None] | None:
     ):
         return None
     values = [a.value for a in node.args]  # type: ignore[attr-defined]
+    if len(values) > 1 and any(word.startswith("--session") for word in values[1].split()):
+        return None  # a session cell has no panel, and it must see SIGINT as KeyboardInterrupt
     if node.func.attr == "run_cell_magic" and len(values) == 3 and values[0] == "vrungpu":
         return values[1], values[2]
     if node.func.attr == "run_line_magic" and len(values) == 2 and values[0] == "vrungpu":

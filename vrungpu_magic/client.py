@@ -2,8 +2,9 @@
 
 Keeps the seed client's methods (`check_health`, `get_gpu_info`, `get_gpu_pool`, `run_sync`,
 `run_async`, `get_task_status`, `wait_for_task`, `run_file`, `run_parallel`, `list_tasks`)
-and adds `run_project`, `cancel`, `logs`, files and models. Every error is a `VrunGPUError`
-carrying the HTTP status, the gateway's one-line detail and its code.
+and adds `run_project`, `cancel`, `logs`, files, models and remote kernels
+(`vrungpu_magic.kernels`). Every error is a `VrunGPUError` carrying the HTTP status, the
+gateway's one-line detail and its code.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from vrungpu_gateway.protocol import TaskStatus
 from vrungpu_magic.archive import zip_project
 from vrungpu_magic.client_models import ModelsClientMixin
 from vrungpu_magic.config import load_connection
+from vrungpu_magic.kernels import KernelsClientMixin
 
 ProgressCallback = Callable[[int, int], None]  # (bytes sent, total bytes)
 
@@ -113,7 +115,7 @@ def _form(options: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-class VrunGPUClient(ModelsClientMixin):
+class VrunGPUClient(ModelsClientMixin, KernelsClientMixin):
     """A client for one gateway. ``url``/``token`` default to VRUNGPU_URL/VRUNGPU_TOKEN or the
     user's config file (see `vrungpu_magic.config`)."""
 

@@ -1,5 +1,6 @@
-"""``%%vrungpu`` (run the cell or a folder on the gateway) and ``%vrungpu`` (connect, tasks,
-logs, cancel, attach, gpus, models), configured with traitlets.
+"""``%%vrungpu`` (run the cell or a folder on the gateway, or in a named remote session) and
+``%vrungpu`` (connect, tasks, logs, cancel, attach, gpus, models, sessions, stop, push, pull),
+configured with traitlets.
 
 Connection, in order: ``%vrungpu connect URL --token T``, ``%config VrunGPUMagics.url/token``,
 ``VRUNGPU_URL`` / ``VRUNGPU_TOKEN``, then the user's config file (`vrungpu_magic.config`).
@@ -24,7 +25,7 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.display import display
-from traitlets import CaselessStrEnum, Int, Unicode, default, observe
+from traitlets import CaselessStrEnum, Float, Int, Unicode, default, observe
 
 from vrungpu_magic.awaited import install_await_rewriter
 from vrungpu_magic.client import VrunGPUClient, VrunGPUError
@@ -32,6 +33,7 @@ from vrungpu_magic.config import Connection, save_connection
 from vrungpu_magic.follow import TaskFollower, TaskView
 from vrungpu_magic.handle import TaskHandle, raise_for_task
 from vrungpu_magic.render import TextTaskView, format_gpus, model_table, task_table
+from vrungpu_magic.sessions import Placement, Sessions, session_table
 
 WIDGET_MODES = ["auto", "on", "off"]
 HELP = """\
@@ -45,7 +47,13 @@ HELP = """\
 %vrungpu cancel ID                          cancel a task
 %vrungpu attach ID [--async] [--out NAME]   re-open a task's live panel, log replayed
 %vrungpu gpus                               the GPUs: utilisation, memory, holder
-%vrungpu models                             the model registry"""
+%vrungpu models                             the model registry
+%%vrungpu --session NAME [--gpus K | --gpu N | --cpu] [--env K=V ...]
+    run the cell in the persistent remote kernel NAME (started on first use, reused after)
+%vrungpu sessions                           the sessions: kernel, GPUs, state, idle time
+%vrungpu stop NAME                          shut a session's kernel down (frees its GPUs)
+%vrungpu push NAME VAR [VAR ...] [--max-push-mb M]   send local variables (pickled)
+%vrungpu pull NAME VAR [VAR ...] [--max-push-mb M]   bring remote variables back"""
 
 
 class _HelpShown(Exception):
@@ -110,6 +118,22 @@ LOGS_PARSER = _parser(
     (("--stream",), {"choices": ["stdout", "stderr", "all"], "default": "all"}),
 )
 ID_PARSER = _parser("%vrungpu cancel", (("task_id",), {}))
+SESSION_PARSER = _parser(
+    "%%vrungpu --session",
+    (("--session",), {"required": True, "metavar": "NAME", "help": "the remote session"}),
+    (("--gpu",), {"type": int, "metavar": "N", "help": "a new session takes GPU N"}),
+    (("--gpus",), {"type": int, "metavar": "K", "help": "a new session takes K GPUs"}),
+    (("--cpu",), {"action": "store_true", "help": "a new session takes a CPU slot"}),
+    (("--env",), {"nargs": "+", "action": "extend", "default": [], "metavar": "K=V"}),
+)
+STOP_PARSER = _parser("%vrungpu stop", (("name",), {"metavar": "NAME"}))
+TRANSFER_SPECS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
+    (("name",), {"metavar": "NAME"}),
+    (("variables",), {"nargs": "+", "metavar": "VAR"}),
+    (("--max-push-mb",), {"type": float, "metavar": "M", "help": "size limit (MB)"}),
+)
+PUSH_PARSER = _parser("%vrungpu push", *TRANSFER_SPECS)
+PULL_PARSER = _parser("%vrungpu pull", *TRANSFER_SPECS)
 
 
 def _parse(parser: _Parser, argv: list[str]) -> argparse.Namespace:
@@ -170,12 +194,7 @@ def _run_request(args: argparse.Namespace, cell: str | None) -> _RunRequest:
         raise UsageError("%%vrungpu: --timeout must be a positive number of seconds")
     if args.out is not None and not args.out.isidentifier():
         raise UsageError(f"%%vrungpu: --out needs a variable name, got {args.out!r}")
-    env = {}
-    for item in args.env:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"%%vrungpu: --env takes KEY=VALUE, got {item!r}")
-        env[key] = value
+    env = _env(args.env)
     options = {
         "timeout": args.timeout,
         "gpu_id": args.gpu,
@@ -194,6 +213,33 @@ def _run_request(args: argparse.Namespace, cell: str | None) -> _RunRequest:
             raise UsageError("%%vrungpu: nothing to run: write code in the cell, or give --dir")
         return _RunRequest(cell, None, "main.py", options)
     return _folder_request(args, cell, options)
+
+
+def _env(items: list[str]) -> dict[str, str]:
+    env = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"%%vrungpu: --env takes KEY=VALUE, got {item!r}")
+        env[key] = value
+    return env
+
+
+def _names_session(argv: list[str]) -> bool:
+    return any(a == "--session" or a.startswith("--session=") for a in argv)
+
+
+def _placement(args: argparse.Namespace) -> Placement:
+    """Validate a session cell's options."""
+    chosen = [o for o, v in (("--gpu", args.gpu), ("--gpus", args.gpus)) if v is not None]
+    chosen += ["--cpu"] if args.cpu else []
+    if len(chosen) > 1:
+        raise UsageError(f"%%vrungpu: give one of --gpus K, --gpu N or --cpu, not {chosen}")
+    if args.gpus is not None and args.gpus < 1:
+        raise UsageError("%%vrungpu: --gpus must be at least 1")
+    if not args.session.strip():
+        raise UsageError("%%vrungpu: --session needs a name")
+    return Placement(gpus=args.gpus, gpu_id=args.gpu, cpu=args.cpu, env=_env(args.env))
 
 
 def _folder_request(
@@ -224,10 +270,14 @@ class VrunGPUMagics(Magics):
         "'off' (plain text: progress as lines, logs as they come). Default: $VRUNGPU_WIDGETS.",
     ).tag(config=True)
     log_lines = Int(200, help="How many log lines a task panel keeps.").tag(config=True)
+    max_push_mb = Float(
+        512, help="Largest pickle (MB) %vrungpu push sends or pull brings back."
+    ).tag(config=True)
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         super().__init__(shell=shell, **kwargs)
         self._client: VrunGPUClient | None = None
+        self.sessions = Sessions(shell)
         if shell is not None:
             install_await_rewriter(shell, self)
 
@@ -285,6 +335,8 @@ class VrunGPUMagics(Magics):
 
     def _dispatch(self, line: str, cell: str | None, start_only: bool = False) -> Any:
         argv = _split(line)
+        if _names_session(argv):
+            return self._run_in_session(argv, cell)
         if cell is not None or (argv and argv[0].startswith("-")):
             job = self._start_run(argv, cell)
         elif argv and argv[0] == "attach":
@@ -303,6 +355,10 @@ class VrunGPUMagics(Magics):
             "cancel": self._cancel,
             "gpus": self._gpus,
             "models": self._models,
+            "sessions": self._sessions,
+            "stop": self._stop,
+            "push": self._push,
+            "pull": self._pull,
         }
         if not argv or argv[0] == "help":
             print(HELP)
@@ -370,6 +426,41 @@ class VrunGPUMagics(Magics):
                 f"%vrungpu attach {task_id} follows it"
             )
         return job.handle
+
+    # -- sessions --------------------------------------------------------------------------------
+    def _run_in_session(self, argv: list[str], cell: str | None) -> None:
+        args = _parse(SESSION_PARSER, argv)
+        where_to = _placement(args)
+        if cell is None:
+            raise UsageError("%vrungpu --session runs a cell: write %%vrungpu --session NAME")
+        if not _code_lines(cell):
+            return None  # as an empty local cell: nothing runs, nothing is started
+        self.sessions.run_cell(self.client, args.session, cell, where_to)
+        return None
+
+    def _sessions(self, argv: list[str]) -> Any:
+        if argv:
+            raise UsageError(f"%vrungpu sessions: unexpected {' '.join(argv)}")
+        return session_table(self.client.list_kernels())
+
+    def _stop(self, argv: list[str]) -> None:
+        self.sessions.stop(self.client, _parse(STOP_PARSER, argv).name)
+
+    def _push(self, argv: list[str]) -> None:
+        args = _parse(PUSH_PARSER, argv)
+        limit = self._push_limit(args)
+        self.sessions.push(self.client, args.name, args.variables, limit)
+
+    def _pull(self, argv: list[str]) -> None:
+        args = _parse(PULL_PARSER, argv)
+        limit = self._push_limit(args)
+        self.sessions.pull(self.client, args.name, args.variables, limit)
+
+    def _push_limit(self, args: argparse.Namespace) -> float:
+        limit = self.max_push_mb if args.max_push_mb is None else args.max_push_mb
+        if limit <= 0:
+            raise UsageError("%vrungpu: --max-push-mb must be a positive number of MB")
+        return float(limit)
 
     # -- commands --------------------------------------------------------------------------------
     def _connect(self, argv: list[str]) -> None:
