@@ -29,6 +29,8 @@ from vrungpu_gateway.store.db import Database
 
 log = logging.getLogger(__name__)
 
+PACE_TIMEOUT_S = 0.2  # the most a chunk of a job's output waits for a WebSocket reader
+
 
 @dataclass
 class Gateway:
@@ -72,6 +74,7 @@ class Gateway:
             logs_dir=layout.logs,
             max_log_bytes=int(config.max_log_mb * 2**20),
             zygote=warm,
+            pace=lambda: bus.room(timeout_s=PACE_TIMEOUT_S),
         )
         tasks = TaskManager(
             db=db,

@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,7 +33,8 @@ from vrungpu_gateway.protocol import STREAMS, FailureReason
 log = logging.getLogger(__name__)
 
 OutputCallback = Callable[[str, bytes], None]  # (stream name, raw chunk)
-READ_CHUNK = 256 * 1024
+Pace = Callable[[], Awaitable[None]]  # awaited after each chunk of output handed on
+READ_CHUNK = 64 * 1024  # per stream and turn of the loop, like a pipe's buffer
 TAIL_INTERVAL_S = 0.05  # how often a running job's log files are checked for new output
 ADOPT_TAIL_BYTES = 256 * 1024  # re-read at adoption for the latest progress
 SHIM_START_S = 3.0  # a shim writes its state file first thing: this long at most
@@ -147,8 +148,10 @@ class DetachedHandle:
         on_output: OutputCallback,
         offsets: dict[str, int],
         proc: subprocess.Popen[bytes] | None = None,
+        pace: Pace | None = None,
     ) -> None:
         self.files = files
+        self._pace = pace
         self.pid = pid
         self.log_offsets: dict[str, int] | None = dict(offsets)
         self._read_at = dict(offsets)
@@ -163,7 +166,13 @@ class DetachedHandle:
             if not self._read_some():
                 await asyncio.wait({self._exited}, timeout=TAIL_INTERVAL_S)
             else:
-                await asyncio.sleep(0)  # let the loop serve others between chunks
+                await self._after_chunk()
+
+    async def _after_chunk(self) -> None:
+        """Let the loop serve others, and readers that fell behind catch up a little."""
+        if self._pace is not None:
+            await self._pace()
+        await asyncio.sleep(0)
 
     def _read_some(self) -> bool:
         """Deliver at most one chunk of each stream; whether there was any."""
@@ -194,7 +203,7 @@ class DetachedHandle:
         with contextlib.suppress(asyncio.CancelledError):
             await self._tailer
         while self._read_some():  # everything the shim wrote before it exited
-            await asyncio.sleep(0)
+            await self._after_chunk()
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
@@ -295,7 +304,9 @@ class DetachedRunner:
         logs_dir: Path,
         max_log_bytes: int,
         zygote: Spawner | None = None,
+        pace: Pace | None = None,
     ) -> None:
+        self.pace = pace
         self.run_dir = run_dir
         self.logs_dir = logs_dir
         self.max_log_bytes = max_log_bytes
@@ -310,7 +321,9 @@ class DetachedRunner:
         offsets = {s: logfiles.log_size(self.logs_dir, spec.task_id, s) for s in STREAMS}
         pid, proc = await self._spawn(spec, files)
         log.info("task %s: shim pid %s: %s", spec.task_id, pid, " ".join(spec.argv))
-        return DetachedHandle(files=files, pid=pid, on_output=on_output, offsets=offsets, proc=proc)
+        return DetachedHandle(
+            files=files, pid=pid, on_output=on_output, offsets=offsets, proc=proc, pace=self.pace
+        )
 
     async def was_started(self, task_id: str) -> bool:
         """Whether a shim ever started for ``task_id`` (a gateway may stop between marking a
@@ -368,7 +381,9 @@ class DetachedRunner:
             for s in STREAMS
         }
         log.info("task %s: adopted shim pid %s", task_id, pid)
-        return DetachedHandle(files=files, pid=pid, on_output=on_output, offsets=offsets)
+        return DetachedHandle(
+            files=files, pid=pid, on_output=on_output, offsets=offsets, pace=self.pace
+        )
 
 
 def _popen_shim(files: JobFiles) -> subprocess.Popen[bytes]:

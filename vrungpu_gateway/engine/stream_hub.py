@@ -41,6 +41,7 @@ class StreamHub:
             is_running=self.is_running,
             changed=self._routes.clear,
         )
+        bus.add_backlog(self._backlog)
 
     @property
     def client_count(self) -> int:
@@ -65,6 +66,9 @@ class StreamHub:
         if not self._clients and self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
+
+    def _backlog(self) -> list[asyncio.Event]:
+        return [room for client in self._clients if (room := client.backlogged) is not None]
 
     def _route(self, event: Event) -> None:
         if event.get("type") == "task_output":  # the hot path: once per chunk of output

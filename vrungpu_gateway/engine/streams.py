@@ -217,6 +217,19 @@ class Client:
         self._outbox.clear()
         self._wake.set()
 
+    @property
+    def backlogged(self) -> asyncio.Event | None:
+        """Its room event while it is past its resume mark yet still takes live output (a
+        subscription not paused by a gap, or a firehose that has not gapped): producers wait
+        a little for it (``EventBus.room``). None otherwise."""
+        if self.closed or self._cost <= RESUME_BYTES:
+            return None
+        if self.subscriptions:
+            taking = any(s.live and not s.paused for s in self.subscriptions.values())
+        else:
+            taking = not self._fire_paused
+        return self._room if taking else None
+
     # -- events from the bus ------------------------------------------------------------------
     def wants(self, task_id: str, stream: str) -> bool:
         """Whether live lines of this task and stream may be queued now (the hub routes by it;
