@@ -133,6 +133,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="modules a warm zygote imports once (comma list, e.g. torch,numpy; default none); "
         "jobs fork from it instead of starting a fresh interpreter",
     )
+    p.add_argument(
+        "--kernel-idle-timeout",
+        type=float,
+        default=float(_env("KERNEL_IDLE_TIMEOUT", str(d.kernel_idle_timeout_s)) or 0),
+        help="seconds a remote kernel may execute nothing before it is shut down and frees its "
+        "GPUs; a busy kernel is never culled (default 3600; 0: never)",
+    )
+    p.add_argument(
+        "--kernel-queue-timeout",
+        type=float,
+        default=float(_env("KERNEL_QUEUE_TIMEOUT", str(d.kernel_queue_timeout_s)) or 0),
+        help="seconds a kernel start waits for its GPUs before it answers 503 (default 30)",
+    )
+    p.add_argument(
+        "--max-kernels",
+        type=int,
+        default=int(_env("MAX_KERNELS", str(d.max_kernels)) or 0),
+        help="remote kernels alive at once; more answer 409 (default 8)",
+    )
+    p.add_argument(
+        "--prespawn-kernels",
+        type=int,
+        default=int(_env("PRESPAWN_KERNELS", str(d.prespawn_kernels)) or 0),
+        help="kernels kept started (with --preload imported, no GPU yet) so a new kernel "
+        "answers at once (default 0)",
+    )
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"), help="logging level")
     p.add_argument("--version", action="version", version=f"vrungpu-gateway {__version__}")
     return p
@@ -157,6 +183,10 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         on_stop=args.on_stop,
         max_log_mb=args.max_log_mb,
         preload=[m.strip() for m in (args.preload or "").split(",") if m.strip()],
+        kernel_idle_timeout_s=args.kernel_idle_timeout,
+        kernel_queue_timeout_s=args.kernel_queue_timeout,
+        max_kernels=args.max_kernels,
+        prespawn_kernels=args.prespawn_kernels,
     )
 
 

@@ -41,6 +41,10 @@ class GatewayConfig:
     on_stop: str = "leave"  # leave | drain | kill: running jobs when the gateway stops
     max_log_mb: float = 1024.0
     preload: list[str] = field(default_factory=list)
+    kernel_idle_timeout_s: float = 3600.0  # 0: kernels are never culled
+    kernel_queue_timeout_s: float = 30.0
+    max_kernels: int = 8
+    prespawn_kernels: int = 0
 
     def check(self) -> None:
         """Refuse unsafe or impossible combinations with one clear line."""
@@ -61,6 +65,14 @@ class GatewayConfig:
             raise ValueError(f"--on-stop must be one of {', '.join(ON_STOP_CHOICES)}")
         if self.max_log_mb <= 0:
             raise ValueError("--max-log-mb must be > 0")
+        if self.kernel_idle_timeout_s < 0:
+            raise ValueError("--kernel-idle-timeout must be >= 0 (0: never)")
+        if self.kernel_queue_timeout_s <= 0:
+            raise ValueError("--kernel-queue-timeout must be > 0")
+        if self.max_kernels < 1:
+            raise ValueError("--max-kernels must be >= 1")
+        if self.prespawn_kernels < 0:
+            raise ValueError("--prespawn-kernels must be >= 0")
         if not (0 <= self.port <= 65535):
             raise ValueError("--port must be between 0 and 65535")
 

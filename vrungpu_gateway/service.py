@@ -1,5 +1,5 @@
 """The composition root: builds the store, scheduler, runner, monitor, task manager,
-warm model workers and model registry.
+warm model workers, remote kernels and model registry.
 
 Nothing here knows HTTP; ``app.py`` hands this object to the handlers.
 """
@@ -9,11 +9,13 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 from vrungpu_gateway import __version__
 from vrungpu_gateway.config import GatewayConfig, load_or_create_token
 from vrungpu_gateway.engine.events import EventBus
-from vrungpu_gateway.engine.gpu_monitor import GpuMonitor
+from vrungpu_gateway.engine.gpu_monitor import GpuHolders, GpuMonitor, HolderSource
+from vrungpu_gateway.engine.kernels import KernelLauncher, KernelManager, KernelSettings
 from vrungpu_gateway.engine.layout import DataLayout
 from vrungpu_gateway.engine.manager import TaskManager
 from vrungpu_gateway.engine.registry import ModelRegistry
@@ -26,6 +28,7 @@ from vrungpu_gateway.protocol import TaskType
 from vrungpu_gateway.store import registry as model_repo
 from vrungpu_gateway.store import tasks as task_repo
 from vrungpu_gateway.store.db import Database
+from vrungpu_gateway.store.kernels import KernelRepo
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,7 @@ class Gateway:
     workers: WorkerPool
     models: ModelRegistry
     streams: StreamHub
+    kernels: KernelManager
     token: str | None
     warm: WarmSpawner | None = None
     version: str = __version__
@@ -63,7 +67,8 @@ class Gateway:
         db = Database.sqlite(layout.database)
         bus = EventBus()
         scheduler = Scheduler(gpu_indices=backend.indices(), cpu_slots=config.cpu_slots)
-        monitor = GpuMonitor(backend=backend, scheduler=scheduler, bus=bus)
+        holders = GpuHolders()
+        monitor = GpuMonitor(backend=backend, scheduler=scheduler, bus=bus, holders=holders)
         warm = None
         if config.python == sys.executable:  # the zygote runs jobs with its own interpreter
             warm = WarmSpawner(
@@ -95,6 +100,8 @@ class Gateway:
             grace_s=min(config.kill_grace_s, 5.0),
         )
         tasks.pooled_runners[TaskType.INFERENCE] = workers
+        kernels = cls._kernels(config, layout, db, tasks, runner, holders)
+        holders.sources += [kernels.describe_holder, _worker_holder(workers)]
         models = ModelRegistry(
             db=db,
             layout=layout,
@@ -116,19 +123,50 @@ class Gateway:
             workers,
             models,
             streams,
+            kernels,
             token,
             warm,
+        )
+
+    @staticmethod
+    def _kernels(
+        config: GatewayConfig,
+        layout: DataLayout,
+        db: Database,
+        tasks: TaskManager,
+        runner: Runner,
+        holders: GpuHolders,
+    ) -> KernelManager:
+        if not isinstance(runner, DetachedRunner):
+            raise ValueError("remote kernels run under the detached runner")
+        return KernelManager(
+            tasks=tasks,
+            scheduler=tasks.scheduler,
+            launcher=KernelLauncher(
+                runner=runner, layout=layout, python=config.python, grace_s=config.kill_grace_s
+            ),
+            repo=KernelRepo(db),
+            holders=holders,
+            settings=KernelSettings(
+                idle_timeout_s=config.kernel_idle_timeout_s,
+                queue_timeout_s=config.kernel_queue_timeout_s,
+                max_kernels=config.max_kernels,
+                prespawn=config.prespawn_kernels,
+            ),
         )
 
     async def start(self) -> None:
         if self.warm is not None:
             await self.warm.start()
         await self.models.recover()
+        await self.kernels.recover()  # before tasks: adopted kernels keep their GPUs
         await self.tasks.recover()
+        self.kernels.start_background()
         self.monitor.start()
 
     async def stop(self) -> None:
         await self.monitor.stop()
+        await self.kernels.close(on_stop=self.config.on_stop)
         await self.tasks.shutdown(on_stop=self.config.on_stop)
         await self.workers.close()
         if self.warm is not None:
@@ -168,3 +206,13 @@ class Gateway:
             "models": models,
             "gpu": {"usage_count": usage, "current": self.scheduler.snapshot().as_dict()},
         }
+
+
+def _worker_holder(workers: WorkerPool) -> HolderSource:
+    def describe(holder_id: str) -> dict[str, Any] | None:
+        for worker in workers.describe()["workers"]:
+            if worker["worker_id"] == holder_id:
+                return {"kind": "worker", "id": holder_id, "model_id": worker["model_id"]}
+        return None
+
+    return describe

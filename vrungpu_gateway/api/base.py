@@ -13,7 +13,14 @@ from typing import Any
 
 import tornado.web
 
-from vrungpu_gateway.engine.errors import Conflict, EngineError, InvalidRequest, NotFound, TooLarge
+from vrungpu_gateway.engine.errors import (
+    Conflict,
+    EngineError,
+    InvalidRequest,
+    NotFound,
+    TooLarge,
+    Unavailable,
+)
 from vrungpu_gateway.service import Gateway
 
 log = logging.getLogger(__name__)
@@ -23,6 +30,7 @@ STATUS_OF: dict[type[EngineError], int] = {
     NotFound: 404,
     Conflict: 409,
     TooLarge: 413,
+    Unavailable: 503,
 }
 
 

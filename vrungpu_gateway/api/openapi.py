@@ -368,6 +368,107 @@ PATHS.update(
 )
 
 
+# -- remote kernels: the Jupyter Kernel Gateway protocol ------------------------------------------
+KERNEL_ID = {"name": "kernel_id", "in": "path", "required": True, "schema": {"type": "string"}}
+KERNEL_CHANNELS = """\
+Upgrade to a WebSocket (token as `?token=` or an `Authorization` header) speaking Jupyter's
+kernel messages as JSON text, as jupyter_server does: a client message carries `channel`
+(`shell`, `control` or `stdin`; default `shell`), `header`, `parent_header`, `metadata`,
+`content`; every kernel message on `iopub`, `shell`, `control` and `stdin` comes back as JSON with
+`channel` set and dates as ISO strings. A message with binary buffers uses jupyter_server's
+legacy binary framing. A malformed client message is logged and dropped; the connection stays."""
+KERNEL_SCHEMAS: dict[str, Any] = {
+    "KernelStart": {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "description": "kernelspec (default: the default one)"},
+            "env": {"type": "object", "additionalProperties": {"type": "string"}},
+            "session": {
+                "type": "string",
+                "description": "ours: get-or-create; a live kernel of this session is returned "
+                "(200) instead of a new one (201)",
+            },
+            "gpu_id": {"type": "integer", "description": "ours: this GPU (one-GPU specs)"},
+        },
+    },
+}
+PATHS.update(
+    {
+        "/api/kernelspecs": {
+            "get": _op("Kernelspecs: vrungpu-cpu and vrungpu-{K}gpu for K = 1..N", errors=(401,))
+        },
+        "/api/kernelspecs/{name}": {
+            "get": _op(
+                "One kernelspec",
+                params=[
+                    {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                errors=(401, 404),
+            )
+        },
+        "/api/kernels": {
+            "get": _op(
+                "Live kernels (Jupyter's model plus session, gpus, device, created_at, idle_s)",
+                params=[_q("session", desc="only this session's kernel")],
+                errors=(401,),
+            ),
+            "post": _with_body(
+                _op(
+                    "Start a kernel; it waits for its GPUs up to --kernel-queue-timeout (503 then, "
+                    "naming the holders); 409 over --max-kernels",
+                    ok=201,
+                    errors=(400, 401, 404, 409, 503),
+                ),
+                {"application/json": {"schema": _ref("KernelStart")}},
+            ),
+        },
+        "/api/kernels/{kernel_id}": {
+            "get": _op("One kernel", params=[KERNEL_ID], errors=(401, 404)),
+            "delete": {
+                **_op("Shut the kernel down and free its GPUs", params=[KERNEL_ID]),
+                "responses": {
+                    "204": {"description": "shut down"},
+                    "401": {"$ref": "#/components/responses/Error"},
+                    "404": {"$ref": "#/components/responses/Error"},
+                    "409": {"$ref": "#/components/responses/Error"},
+                },
+            },
+        },
+        "/api/kernels/{kernel_id}/interrupt": {
+            "post": {
+                **_op("SIGINT to the kernel (KeyboardInterrupt in the running cell)"),
+                "parameters": [KERNEL_ID],
+                "responses": {
+                    "204": {"description": "interrupted"},
+                    "401": {"$ref": "#/components/responses/Error"},
+                    "404": {"$ref": "#/components/responses/Error"},
+                    "409": {"$ref": "#/components/responses/Error"},
+                },
+            }
+        },
+        "/api/kernels/{kernel_id}/restart": {
+            "post": _op(
+                "A new kernel process: same id, channels, workspace and GPUs",
+                params=[KERNEL_ID],
+                errors=(401, 404, 409, 503),
+            )
+        },
+        "/api/kernels/{kernel_id}/channels": {
+            "get": {
+                "summary": "WebSocket: the kernel's channels (Jupyter messages)",
+                "description": KERNEL_CHANNELS,
+                "parameters": [KERNEL_ID, _q("token", desc="the API token")],
+                "responses": {
+                    "101": {"description": "Switching Protocols: the WebSocket is open"},
+                    "401": {"$ref": "#/components/responses/Error"},
+                    "404": {"$ref": "#/components/responses/Error"},
+                },
+            }
+        },
+    }
+)
+
+
 def build_spec(extra_paths: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     paths = dict(PATHS)
     paths.update(extra_paths or {})
@@ -388,6 +489,7 @@ def build_spec(extra_paths: dict[str, dict[str, Any]] | None = None) -> dict[str
                 "RunRequest": RUN_REQUEST,
                 "ProjectUpload": PROJECT_UPLOAD,
                 **MODEL_SCHEMAS,
+                **KERNEL_SCHEMAS,
             },
             "responses": {
                 "Error": {

@@ -37,3 +37,9 @@ class TooLarge(EngineError):
     """An upload or archive exceeds the configured limit (413)."""
 
     code = "too_large"
+
+
+class Unavailable(EngineError):
+    """The request is valid but cannot be served now, e.g. no GPU came free in time (503)."""
+
+    code = "unavailable"

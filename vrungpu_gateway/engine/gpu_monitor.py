@@ -1,5 +1,8 @@
 """Live GPU state: metrics from the backend joined with who holds each GPU.
 
+Who holds a slot is told by ``GpuHolders``: each kind of holder that is not a task (remote
+kernels, warm model workers) answers for its own ids; any other id is a task's.
+
 One timer for the whole gateway samples every ``interval_s`` while anyone listens and
 publishes ``gpu_update`` on the event bus; sampling (NVML) runs off the event loop.
 """
@@ -8,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from vrungpu_gateway.engine.events import EventBus
@@ -16,12 +20,41 @@ from vrungpu_gateway.gpus import GpuBackend
 
 log = logging.getLogger(__name__)
 
+HolderSource = Callable[[str], dict[str, Any] | None]  # holder id -> its description, or None
+
+
+class GpuHolders:
+    """Names the holder of a slot: ``{"kind": "task"|"kernel"|"worker", "id", ...}``."""
+
+    def __init__(self, sources: list[HolderSource] | None = None) -> None:
+        self.sources = list(sources or [])
+
+    def describe(self, holder_id: str) -> dict[str, Any]:
+        for source in self.sources:
+            found = source(holder_id)
+            if found is not None:
+                return found
+        return {"kind": "task", "id": holder_id}
+
+    def line(self, holder_id: str) -> str:
+        """``kernel K (session S)`` or ``task T``: for one-line messages."""
+        holder = self.describe(holder_id)
+        session = f" (session {holder['session']})" if holder.get("session") else ""
+        return f"{holder['kind']} {holder['id']}{session}"
+
 
 class GpuMonitor:
     def __init__(
-        self, *, backend: GpuBackend, scheduler: Scheduler, bus: EventBus, interval_s: float = 2.0
+        self,
+        *,
+        backend: GpuBackend,
+        scheduler: Scheduler,
+        bus: EventBus,
+        holders: GpuHolders | None = None,
+        interval_s: float = 2.0,
     ) -> None:
         self.backend = backend
+        self.holders = holders or GpuHolders()
         self.scheduler = scheduler
         self.bus = bus
         self.interval_s = interval_s
@@ -34,7 +67,9 @@ class GpuMonitor:
         devices = []
         for info in infos:
             item = info.as_dict()
-            item["task_id"] = self.scheduler.gpu_owner(info.index)
+            owner = self.scheduler.gpu_owner(info.index)
+            item["task_id"] = owner
+            item["holder"] = self.holders.describe(owner) if owner else None
             devices.append(item)
         return devices
 

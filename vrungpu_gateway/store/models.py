@@ -1,4 +1,4 @@
-"""SQLAlchemy tables: tasks and registered models."""
+"""SQLAlchemy tables: tasks, registered models and remote kernels."""
 
 from __future__ import annotations
 
@@ -94,3 +94,22 @@ class ModelRow(Base):
     metrics: Mapped[Any] = mapped_column(JSON, nullable=True)
     description: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class KernelRow(Base):
+    """A remote kernel the gateway started: enough to adopt it again after a restart."""
+
+    __tablename__ = "kernels"
+
+    kernel_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    spec_name: Mapped[str] = mapped_column(String(64))
+    session: Mapped[str | None] = mapped_column(String(200), index=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)  # spare | alive | dead
+    gpu_ids: Mapped[list[int]] = mapped_column(JSON, default=list)
+    device: Mapped[str] = mapped_column(String(8))
+    connection_file: Mapped[str] = mapped_column(String(1000))
+    env: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_activity: Mapped[datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    end_reason: Mapped[str | None] = mapped_column(Text)

@@ -1,0 +1,104 @@
+"""A small Jupyter channels client for tests: tornado's WebSocket client, Jupyter messages."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import tornado.websocket
+from tornado.httpclient import HTTPRequest
+
+
+class Channels:
+    """One WebSocket to ``/api/kernels/{id}/channels`` (ours or jupyter_server's)."""
+
+    def __init__(self, conn: tornado.websocket.WebSocketClientConnection) -> None:
+        self.conn = conn
+        self.session = uuid.uuid4().hex
+        self.seen: list[dict[str, Any]] = []  # every message received, in order
+
+    @classmethod
+    async def open(cls, url: str, token: str | None = None) -> Channels:
+        headers = {"Authorization": f"token {token}"} if token else {}
+        conn = await tornado.websocket.websocket_connect(
+            HTTPRequest(url, headers=headers), max_message_size=64 * 2**20
+        )
+        return cls(conn)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    async def send(self, channel: str, msg_type: str, content: dict[str, Any]) -> str:
+        msg_id = uuid.uuid4().hex
+        header = {
+            "msg_id": msg_id,
+            "msg_type": msg_type,
+            "session": self.session,
+            "username": "test",
+            "date": datetime.now(UTC).isoformat(),
+            "version": "5.3",
+        }
+        msg = {"header": header, "parent_header": {}, "metadata": {}, "content": content}
+        await self.conn.write_message(json.dumps({**msg, "channel": channel}))
+        return msg_id
+
+    async def next(self, timeout_s: float = 30) -> dict[str, Any]:
+        raw = await asyncio.wait_for(self.conn.read_message(), timeout_s)
+        if raw is None:
+            raise ConnectionError("the channels WebSocket closed")
+        msg = json.loads(raw)
+        self.seen.append(msg)
+        return msg
+
+    async def request(
+        self, channel: str, msg_type: str, content: dict[str, Any], timeout_s: float = 60
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Send a request; its reply and the iopub messages it caused, up to status idle."""
+        msg_id = await self.send(channel, msg_type, content)
+        reply, iopub, idle = None, [], False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while reply is None or not idle:
+            msg = await self.next(max(0.1, deadline - loop.time()))
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            if msg["channel"] == "iopub":
+                iopub.append(msg)
+                idle = idle or msg["content"].get("execution_state") == "idle"
+            elif msg["channel"] == channel:
+                reply = msg
+        return reply, iopub
+
+    async def execute(self, code: str, timeout_s: float = 60) -> Executed:
+        reply, iopub = await self.request(
+            "shell", "execute_request", {"code": code, "silent": False}, timeout_s
+        )
+        return Executed(reply, iopub)
+
+
+class Executed:
+    def __init__(self, reply: dict[str, Any], iopub: list[dict[str, Any]]) -> None:
+        self.reply = reply
+        self.iopub = iopub
+
+    @property
+    def status(self) -> str:
+        return self.reply["content"]["status"]
+
+    @property
+    def stdout(self) -> str:
+        return "".join(
+            m["content"]["text"]
+            for m in self.iopub
+            if m["msg_type"] == "stream" and m["content"]["name"] == "stdout"
+        )
+
+    def of_type(self, msg_type: str) -> list[dict[str, Any]]:
+        return [m for m in self.iopub if m["msg_type"] == msg_type]
+
+    def result(self) -> str:
+        results = self.of_type("execute_result")
+        return results[-1]["content"]["data"]["text/plain"] if results else ""
