@@ -1,7 +1,7 @@
 """The zygote: a warm interpreter that forks each job's shim, and the gateway's handle on it.
 
-``python -u -m vrungpu_gateway.engine.zygote --socket PATH [--preload torch,numpy]`` imports
-the preload modules (never initialising CUDA; an import error ends it with status 2), then
+``python -u -m vrungpu_gateway.engine.zygote --socket PATH [--preload torch,numpy] [--parent N]``
+imports the preload modules (never initialising CUDA; an import error ends it with status 2), then
 serves one control connection on the Unix socket PATH (mode 0600), JSON lines:
 - ``{"ping": true}`` -> ``{"pong": true}``;
 - ``{"spec": "/abs/spec.json"}`` -> ``{"pid": N}``: a forked child, leading its own session,
@@ -9,8 +9,10 @@ serves one control connection on the Unix socket PATH (mode 0600), JSON lines:
   ``"entry": "module:function"`` replaces run_shim (tests only); ``{"error": "..."}`` otherwise.
 The first connection accepted is the control connection: the zygote then removes the socket
 file, accepts no other, and exits when that connection closes (the gateway stopped or died)
-or at SIGTERM. The shims it forked live on: they are session leaders, reaped by the kernel
-(SIGCHLD ignored here), and hold none of the zygote's sockets.
+or at SIGTERM. Before it, the zygote exits as soon as its parent (``--parent PID``, the gateway)
+is gone: a gateway killed while the zygote was still importing never connects. The shims it
+forked live on: they are session leaders, reaped by the kernel (SIGCHLD ignored here), and hold
+none of the zygote's sockets.
 
 ``Zygote`` is the asyncio client the gateway keeps per slot: ``start``, ``spawn``, ``healthy``,
 ``close``. Requests are serialized; a fork takes milliseconds.
@@ -42,6 +44,7 @@ EXIT_PRELOAD_FAILED = 2
 START_TIMEOUT_S = 120.0  # a cold `import torch` on a slow disk
 REPLY_TIMEOUT_S = 30.0
 CONNECT_RETRY_S = 0.05
+PARENT_CHECK_S = 0.2  # how often a zygote not yet connected checks that its gateway lives
 LOG_TAIL_BYTES = 2000
 
 Entry = Callable[..., int]
@@ -52,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vrungpu_gateway.engine.zygote")
     parser.add_argument("--socket", required=True, help="Unix socket path to serve")
     parser.add_argument("--preload", default="", help="comma-separated modules to import")
+    parser.add_argument("--parent", type=int, help="exit unconnected once this pid is gone")
     args = parser.parse_args(argv)
+    parent = args.parent or os.getppid()
     error = preload([name.strip() for name in args.preload.split(",") if name.strip()])
     if error:
         print(f"vrungpu zygote: {error}", file=sys.stderr)
@@ -62,7 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     gc.freeze()  # keep what is preloaded out of the children's collections: pages stay shared
     path = Path(args.socket)
     with _listen(path) as listener:
-        conn, _ = listener.accept()
+        conn = _accept(listener, parent=parent)
+    if conn is None:
+        print("vrungpu zygote: the gateway is gone; exiting", file=sys.stderr)
+        return 0
     with conn:
         _serve(conn)
     return 0
@@ -100,6 +108,20 @@ def _listen(path: Path) -> Iterator[socket.socket]:
         os.umask(old_umask)
         listener.close()
         path.unlink(missing_ok=True)
+
+
+def _accept(listener: socket.socket, *, parent: int) -> socket.socket | None:
+    """The control connection, or None once ``parent`` is no longer our parent (it died, and
+    no one else will connect: the zygote would otherwise wait in accept() for good)."""
+    listener.settimeout(PARENT_CHECK_S)
+    while os.getppid() == parent:
+        try:
+            conn, _ = listener.accept()
+        except TimeoutError:
+            continue
+        conn.setblocking(True)
+        return conn
+    return None
 
 
 def _serve(conn: socket.socket) -> None:
@@ -214,6 +236,9 @@ class Zygote:
             raise OSError(
                 f"the zygote did not start ({exc or 'timeout'}): {_tail(log_path)}"
             ) from None
+        except asyncio.CancelledError:  # the gateway stops meanwhile: no zygote left behind
+            _kill_now(proc)
+            raise
         zygote = cls(proc, reader, writer, log_path)
         try:
             if not (await zygote._request({"ping": True})).get("pong"):
@@ -221,6 +246,10 @@ class Zygote:
         except OSError as exc:
             await zygote.close(grace_s=1.0)
             raise OSError(f"the zygote did not start ({exc}): {_tail(log_path)}") from None
+        except asyncio.CancelledError:
+            writer.close()
+            _kill_now(proc)
+            raise
         return zygote
 
     def healthy(self) -> bool:
@@ -277,6 +306,7 @@ def _spawn(
 ) -> subprocess.Popen[bytes]:
     socket_path.unlink(missing_ok=True)  # never talk to an older zygote left at this path
     command = [python, "-u", "-m", "vrungpu_gateway.engine.zygote", "--socket", str(socket_path)]
+    command += ["--parent", str(os.getpid())]
     if preload:
         command += ["--preload", ",".join(preload)]
     with open(log_path, "ab") as log:
@@ -312,6 +342,13 @@ async def _stop(proc: subprocess.Popen[bytes], *, grace_s: float) -> None:
         with contextlib.suppress(subprocess.TimeoutExpired):
             await asyncio.to_thread(proc.wait, grace_s if sig is not signal.SIGKILL else None)
             return
+
+
+def _kill_now(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL and reap, without awaiting (for a start that is being cancelled)."""
+    with contextlib.suppress(OSError):
+        proc.kill()
+    proc.wait()
 
 
 def _tail(log_path: Path) -> str:
