@@ -19,6 +19,7 @@ pytest.importorskip("ipykernel")
 
 from IPython.core.error import UsageError  # noqa: E402
 from IPython.core.interactiveshell import InteractiveShell  # noqa: E402
+from IPython.utils.capture import capture_output  # noqa: E402
 from nbclient import NotebookClient  # noqa: E402
 from nbclient.exceptions import CellExecutionError  # noqa: E402
 from nbformat.v4 import new_code_cell, new_notebook  # noqa: E402
@@ -30,6 +31,7 @@ from tests.test_notebooks import (  # noqa: E402
     errors_of,
     execute_notebook,
     kernel_env,
+    kernels,  # noqa: F401 - the fixture: jupyter_client kernels with the magic loaded
     text_of,
 )
 from vrungpu_magic.awaited import _magic_call  # noqa: E402
@@ -162,25 +164,12 @@ def test_a_remote_exception_fails_the_local_cell(
 # -- interrupting --------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def kernels(gateway: GatewayProcess, tmp_path: Path) -> Iterator[Callable[[str], Kernel]]:
-    started: list[Kernel] = []
-
-    def start(widgets: str) -> Kernel:
-        kernel = Kernel(kernel_env(gateway, widgets, tmp_path))
-        started.append(kernel)
-        assert not kernel.run("%load_ext vrungpu_magic").errors
-        return kernel
-
-    yield start
-    for kernel in started:
-        kernel.close()
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("widgets", ["off", "on"])
 def test_interrupting_a_session_cell_interrupts_the_kernel_and_keeps_the_session(
-    kernels: Callable[[str], Kernel], gateway: GatewayProcess, widgets: str
+    kernels: Callable[[str], Kernel],  # noqa: F811 - the fixture imported above
+    gateway: GatewayProcess,
+    widgets: str,
 ) -> None:
     kernel = kernels(widgets)
     name = f"interrupted-{widgets}"
@@ -307,6 +296,38 @@ def test_an_existing_session_keeps_its_placement_and_a_lost_kernel_is_reported(
         assert "Session placed: started kernel" in out
     finally:
         shell.run_line_magic("vrungpu", "stop placed")
+
+
+def test_display_updates_and_clear_output_are_published_as_sent(
+    shell: InteractiveShell, magics: VrunGPUMagics
+) -> None:
+    try:
+        with capture_output() as shown:
+            cell(
+                shell,
+                "--session shown --cpu",
+                "from IPython.display import display\n"
+                "handle = display({'text/plain': 'first'}, raw=True, display_id='d1')\n"
+                "handle.update({'text/plain': 'second'}, raw=True)\n",
+            )
+        first, second = shown.outputs
+        assert (first.data, first.transient, first.update) == (
+            {"text/plain": "first"},
+            {"display_id": "d1"},
+            False,
+        )
+        assert (second.data, second.update) == ({"text/plain": "second"}, True)
+        with capture_output() as cleared:
+            cell(
+                shell,
+                "--session shown",
+                "from IPython.display import clear_output\n"
+                "display({'text/plain': 'gone'}, raw=True)\nclear_output()\n"
+                "display({'text/plain': 'kept'}, raw=True)",
+            )
+        assert [out.data for out in cleared.outputs] == [{"text/plain": "kept"}]
+    finally:
+        shell.run_line_magic("vrungpu", "stop shown")
 
 
 def test_session_cells_are_not_awaited() -> None:

@@ -33,7 +33,7 @@ from vrungpu_magic.config import Connection, save_connection
 from vrungpu_magic.follow import TaskFollower, TaskView
 from vrungpu_magic.handle import TaskHandle, raise_for_task
 from vrungpu_magic.render import TextTaskView, format_gpus, model_table, task_table
-from vrungpu_magic.sessions import Placement, Sessions, session_table
+from vrungpu_magic.sessions import Sessions, names_session, parse_env, placement, session_table
 
 WIDGET_MODES = ["auto", "on", "off"]
 HELP = """\
@@ -194,7 +194,7 @@ def _run_request(args: argparse.Namespace, cell: str | None) -> _RunRequest:
         raise UsageError("%%vrungpu: --timeout must be a positive number of seconds")
     if args.out is not None and not args.out.isidentifier():
         raise UsageError(f"%%vrungpu: --out needs a variable name, got {args.out!r}")
-    env = _env(args.env)
+    env = parse_env(args.env)
     options = {
         "timeout": args.timeout,
         "gpu_id": args.gpu,
@@ -213,33 +213,6 @@ def _run_request(args: argparse.Namespace, cell: str | None) -> _RunRequest:
             raise UsageError("%%vrungpu: nothing to run: write code in the cell, or give --dir")
         return _RunRequest(cell, None, "main.py", options)
     return _folder_request(args, cell, options)
-
-
-def _env(items: list[str]) -> dict[str, str]:
-    env = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"%%vrungpu: --env takes KEY=VALUE, got {item!r}")
-        env[key] = value
-    return env
-
-
-def _names_session(argv: list[str]) -> bool:
-    return any(a == "--session" or a.startswith("--session=") for a in argv)
-
-
-def _placement(args: argparse.Namespace) -> Placement:
-    """Validate a session cell's options."""
-    chosen = [o for o, v in (("--gpu", args.gpu), ("--gpus", args.gpus)) if v is not None]
-    chosen += ["--cpu"] if args.cpu else []
-    if len(chosen) > 1:
-        raise UsageError(f"%%vrungpu: give one of --gpus K, --gpu N or --cpu, not {chosen}")
-    if args.gpus is not None and args.gpus < 1:
-        raise UsageError("%%vrungpu: --gpus must be at least 1")
-    if not args.session.strip():
-        raise UsageError("%%vrungpu: --session needs a name")
-    return Placement(gpus=args.gpus, gpu_id=args.gpu, cpu=args.cpu, env=_env(args.env))
 
 
 def _folder_request(
@@ -335,7 +308,7 @@ class VrunGPUMagics(Magics):
 
     def _dispatch(self, line: str, cell: str | None, start_only: bool = False) -> Any:
         argv = _split(line)
-        if _names_session(argv):
+        if names_session(argv):
             return self._run_in_session(argv, cell)
         if cell is not None or (argv and argv[0].startswith("-")):
             job = self._start_run(argv, cell)
@@ -430,7 +403,7 @@ class VrunGPUMagics(Magics):
     # -- sessions --------------------------------------------------------------------------------
     def _run_in_session(self, argv: list[str], cell: str | None) -> None:
         args = _parse(SESSION_PARSER, argv)
-        where_to = _placement(args)
+        where_to = placement(args)
         if cell is None:
             raise UsageError("%vrungpu --session runs a cell: write %%vrungpu --session NAME")
         if not _code_lines(cell):

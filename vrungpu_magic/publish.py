@@ -118,9 +118,10 @@ class OutputPublisher:
             self.shell.displayhook(value)
 
     def _clear(self, content: dict[str, Any]) -> None:
-        from IPython.display import clear_output
-
-        clear_output(wait=bool(content.get("wait")))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if self.shell is not None:
+            self.shell.display_pub.clear_output(wait=bool(content.get("wait")))
 
     def _error(self, content: dict[str, Any]) -> None:
         self.error = content  # raised once the execution is over

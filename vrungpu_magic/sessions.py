@@ -19,11 +19,11 @@ from typing import Any, TypeVar
 
 from IPython.core.error import UsageError
 
-from vrungpu_magic import transfer
+from vrungpu_magic import render, transfer
 from vrungpu_magic.client import VrunGPUClient
 from vrungpu_magic.kernels import Execution, Kernel, KernelChannel, KernelEnded, kernelspec_for
 from vrungpu_magic.publish import OutputPublisher, SessionInterrupted, remote_error
-from vrungpu_magic.render import Column, Table, fmt_bytes, fmt_duration, placement
+from vrungpu_magic.render import Column, Table, fmt_bytes, fmt_duration
 
 T = TypeVar("T")
 
@@ -50,9 +50,38 @@ class Placement:
         return " ".join(parts)
 
 
+def parse_env(items: list[str]) -> dict[str, str]:
+    """``--env K=V ...`` as a dict; a UsageError for an item without ``=``."""
+    env = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"%%vrungpu: --env takes KEY=VALUE, got {item!r}")
+        env[key] = value
+    return env
+
+
+def names_session(argv: list[str]) -> bool:
+    """Whether a ``%%vrungpu`` line runs the cell in a session."""
+    return any(a == "--session" or a.startswith("--session=") for a in argv)
+
+
+def placement(args: Any) -> Placement:
+    """A session cell's parsed options, validated."""
+    chosen = [o for o, v in (("--gpu", args.gpu), ("--gpus", args.gpus)) if v is not None]
+    chosen += ["--cpu"] if args.cpu else []
+    if len(chosen) > 1:
+        raise UsageError(f"%%vrungpu: give one of --gpus K, --gpu N or --cpu, not {chosen}")
+    if args.gpus is not None and args.gpus < 1:
+        raise UsageError("%%vrungpu: --gpus must be at least 1")
+    if not args.session.strip():
+        raise UsageError("%%vrungpu: --session needs a name")
+    return Placement(gpus=args.gpus, gpu_id=args.gpu, cpu=args.cpu, env=parse_env(args.env))
+
+
 def where(kernel: Kernel) -> str:
     """``GPU 0``, ``GPUs 0,1`` or ``CPU``."""
-    return placement({"gpu_ids": kernel.get("gpus") or [], "device": kernel.get("device")})
+    return render.placement({"gpu_ids": kernel.get("gpus") or [], "device": kernel.get("device")})
 
 
 SESSION_COLUMNS: list[Column] = [
