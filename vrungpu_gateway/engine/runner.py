@@ -432,6 +432,12 @@ class WarmSpawner:
                 log.error("warm start unavailable, jobs start cold: %s", exc)
                 return
         log.info("zygote pid %s ready (preloaded: %s)", self._zygote.pid, self.preload or "-")
+        _exit_future(self._zygote.pid).add_done_callback(lambda _: self._died())
+
+    def _died(self) -> None:
+        """The zygote exited: start another now rather than at the next job."""
+        if not self._closed:
+            self.healthy()
 
     def healthy(self) -> bool:
         if self._zygote is not None and self._zygote.healthy():
@@ -452,7 +458,11 @@ class WarmSpawner:
     async def spawn(self, spec_path: Path) -> int:
         if self._zygote is None:
             raise OSError("no zygote")
-        return int(await self._zygote.spawn(spec_path))
+        try:
+            return int(await self._zygote.spawn(spec_path))
+        except OSError:
+            self.healthy()  # it marked itself broken: schedules the restart
+            raise
 
     @property
     def pid(self) -> int | None:
