@@ -38,6 +38,7 @@ from vrungpu_magic.awaited import _magic_call  # noqa: E402
 from vrungpu_magic.magic import VrunGPUMagics  # noqa: E402
 from vrungpu_magic.publish import RemoteError  # noqa: E402
 from vrungpu_magic.render import ANSI_RE  # noqa: E402
+from vrungpu_magic.sessions import names_session  # noqa: E402
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -328,6 +329,11 @@ def test_display_updates_and_clear_output_are_published_as_sent(
         assert [out.data for out in cleared.outputs] == [{"text/plain": "kept"}]
     finally:
         shell.run_line_magic("vrungpu", "stop shown")
+
+
+def test_a_jobs_own_session_argument_is_not_a_session() -> None:
+    assert names_session(["--session", "s"]) and names_session(["--cpu", "--session=s"])
+    assert not names_session(["--gpus", "2", "--args", "--session", "s"])
 
 
 def test_session_cells_are_not_awaited() -> None:

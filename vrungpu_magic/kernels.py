@@ -205,9 +205,8 @@ class KernelChannel:
                 log.warning("kernel %s: a channel message that is not JSON", self.kernel_id)
 
     def _lost(self, why: object) -> Exception:
-        return _error(
-            0, f"lost the connection to kernel {self.kernel_id} ({why})", "connection_lost"
-        )
+        detail = f"lost the connection to kernel {self.kernel_id} ({why}); what it runs goes on"
+        return _error(0, detail, "connection_lost")
 
 
 class KernelEnded(Exception):

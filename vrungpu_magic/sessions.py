@@ -62,8 +62,9 @@ def parse_env(items: list[str]) -> dict[str, str]:
 
 
 def names_session(argv: list[str]) -> bool:
-    """Whether a ``%%vrungpu`` line runs the cell in a session."""
-    return any(a == "--session" or a.startswith("--session=") for a in argv)
+    """Whether a ``%%vrungpu`` line runs the cell in a session (a job's own ``--args`` aside)."""
+    options = argv[: argv.index("--args")] if "--args" in argv else argv
+    return any(a == "--session" or a.startswith("--session=") for a in options)
 
 
 def placement(args: Any) -> Placement:
