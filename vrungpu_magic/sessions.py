@@ -11,6 +11,7 @@ batch runs) it raises StdinNotImplementedError in the remote cell.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import sys
 from collections.abc import Callable
@@ -188,12 +189,8 @@ class Sessions:
         interrupt stops waiting)."""
         kernel_id = execution.channel.kernel_id
         client.interrupt_kernel(kernel_id)
-        try:
+        with contextlib.suppress(KeyboardInterrupt, KernelEnded):  # interrupted again, or gone
             self._follow(execution, publisher)
-        except KeyboardInterrupt:
-            pass
-        except KernelEnded:
-            pass
         raise SessionInterrupted(
             f"Interrupted: interrupted session {name} (kernel {kernel_id}); the session lives on"
         )
