@@ -28,8 +28,17 @@ class Channels:
         )
         return cls(conn)
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """Close and wait until the connection is down (no socket left for the GC)."""
         self.conn.close()
+        try:
+            async with asyncio.timeout(10):
+                while await self.conn.read_message() is not None:
+                    pass
+        except TimeoutError:
+            pass
+        if self.conn.stream is not None:  # tornado's: done closing, or never will
+            self.conn.stream.close()
 
     async def send(self, channel: str, msg_type: str, content: dict[str, Any]) -> str:
         msg_id = uuid.uuid4().hex
@@ -52,6 +61,21 @@ class Channels:
         msg = json.loads(raw)
         self.seen.append(msg)
         return msg
+
+    async def printed(self, msg_id: str, text: str) -> None:
+        """Until the request ``msg_id`` printed ``text`` (the cell runs user code now)."""
+        while True:
+            msg = await self.next()
+            mine = msg["parent_header"].get("msg_id") == msg_id
+            if mine and msg["msg_type"] == "stream" and text in msg["content"]["text"]:
+                return
+
+    async def reply(self, msg_id: str, channel: str = "shell") -> dict[str, Any]:
+        """The reply to the request ``msg_id``."""
+        while True:
+            msg = await self.next()
+            if msg["channel"] == channel and msg["parent_header"].get("msg_id") == msg_id:
+                return msg
 
     async def request(
         self, channel: str, msg_type: str, content: dict[str, Any], timeout_s: float = 60

@@ -8,13 +8,12 @@ import json
 import os
 import signal
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import tornado.httpclient
 
-from tests.kernel_helpers import Channels
+from tests.kernel_helpers import Channels, Executed
 from tests.support import Api, Gate, GatewayProcess, pid_alive, shim_pids, wait_for
 
 
@@ -116,33 +115,164 @@ async def test_channels_state_env_interrupt_and_bad_messages(kgw: GatewayProcess
         info, _ = await ch.request("shell", "kernel_info_request", {})
         assert info["content"]["language_info"]["name"] == "python"
         sleeping = await ch.send("shell", "execute_request", {"code": SLEEP_CELL})
-        await wait_for_output(ch, sleeping, "sleeping")
+        await ch.printed(sleeping, "sleeping")
         assert api.get(f"/api/kernels/{kernel['id']}").json()["execution_state"] == "busy"
         assert api.post(f"/api/kernels/{kernel['id']}/interrupt").status_code == 204
-        error = await reply_to(ch, sleeping)
+        error = await ch.reply(sleeping)
         assert error["content"]["status"] == "error"
         assert error["content"]["ename"] == "KeyboardInterrupt"
-        assert (await ch.execute("x")).result() == "41"  # the state lives on
+        assert (await execute_after_error(ch, "x")).result() == "41"  # the state lives on
         assert "client message dropped" in kgw.log()
     finally:
-        ch.close()
+        await ch.close()
         api.delete(f"/api/kernels/{kernel['id']}")
+
+
+async def execute_after_error(ch: Channels, code: str) -> Executed:
+    """ipykernel aborts requests that reach it just after an error (stop_on_error): retry."""
+    for _ in range(50):
+        executed = await ch.execute(code)
+        if executed.status != "aborted":
+            return executed
+        await asyncio.sleep(0.1)
+    raise AssertionError("every execute was aborted")
 
 
 SLEEP_CELL = "import time\nprint('sleeping', flush=True)\ntime.sleep(60)"
 
 
-async def wait_for_output(ch: Channels, msg_id: str, text: str) -> None:
-    """Until the cell ``msg_id`` printed ``text`` (it runs user code now)."""
-    while True:
-        msg = await ch.next()
-        if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
-            if text in msg["content"]["text"]:
-                return
+def test_over_max_kernels_is_409_with_the_limit(kgw: GatewayProcess) -> None:
+    api = kgw.api
+    started = [start_kernel(api, name)["id"] for name in ("vrungpu-cpu", *["vrungpu-1gpu"] * 2)]
+    try:
+        res = api.post("/api/kernels", json={"name": "vrungpu-cpu"})
+        assert res.status_code == 409, res.text
+        assert res.json()["code"] == "too_many_kernels" and "at most 3" in res.json()["detail"]
+        same = api.post("/api/kernels", json={"name": "vrungpu-cpu", "session": "absent"})
+        assert same.status_code == 409
+    finally:
+        for kernel_id in started:
+            assert api.delete(f"/api/kernels/{kernel_id}").status_code == 204
 
 
-async def reply_to(ch: Channels, msg_id: str) -> dict[str, Any]:
-    while True:
-        msg = await ch.next()
-        if msg["channel"] == "shell" and msg["parent_header"].get("msg_id") == msg_id:
-            return msg
+def test_a_job_waits_for_the_kernels_gpu_until_it_stops(
+    start_gateway: Callable[..., GatewayProcess],
+) -> None:
+    gw = start_gateway(gpus="sim:1")
+    api = gw.api
+    kernel = start_kernel(api, session="holder")
+    task_id = api.submit("print('ran')", gpu_id=0)
+    queued = api.wait_status(task_id, "queued")
+    assert queued["queue_position"] == 1
+    device = api.get("/gpu").json()["devices"][0]
+    assert device["holder"]["kind"] == "kernel" and device["holder"]["session"] == "holder"
+    assert pool(api)["busy_gpus"] == {kernel["id"]: 0}
+    assert api.task(task_id)["status"] == "queued"  # still: the kernel holds the GPU
+    assert api.delete(f"/api/kernels/{kernel['id']}").status_code == 204
+    done = api.wait_status(task_id, "completed", timeout_s=60)
+    assert done["gpu_id"] == 0 and "ran" in done["stdout"]
+
+
+async def test_idle_kernels_are_culled_busy_ones_are_not(
+    start_gateway: Callable[..., GatewayProcess], gate: Gate
+) -> None:
+    gw = start_gateway(extra=["--kernel-idle-timeout", "2"])
+    api = gw.api
+    busy = start_kernel(api, session="busy", gpu_id=0)
+    start_kernel(api, session="idle", gpu_id=1)
+    ch = await Channels.open(channels_url(gw, busy["id"]), gw.token)
+    try:
+        cell = await ch.send("shell", "execute_request", {"code": gate.code + "print('through')"})
+        task_id = api.submit("print('job ran')", gpu_id=1)  # waits for the idle kernel's GPU
+        done = await asyncio.to_thread(api.wait_status, task_id, "completed", timeout_s=60)
+        assert done["gpu_id"] == 1
+        assert [k["id"] for k in api.get("/api/kernels").json()] == [busy["id"]]
+        assert "idle for 2 s (--kernel-idle-timeout): culled" in gw.log()
+        url = f"/api/kernels/{busy['id']}"
+        model = await asyncio.to_thread(
+            wait_for, lambda: (m := api.get(url).json())["idle_s"] > 4 and m
+        )
+        assert model["execution_state"] == "busy"  # idle far past the timeout, yet kept
+        gate.open()
+        await ch.reply(cell)
+        await asyncio.to_thread(
+            wait_for, lambda: api.get("/api/kernels").json() == [], 30, what="the culling"
+        )
+        assert pool(api)["allocations"] == {}
+    finally:
+        await ch.close()
+
+
+def test_a_start_that_gets_no_gpu_in_time_is_503_naming_the_holder(
+    start_gateway: Callable[..., GatewayProcess],
+) -> None:
+    gw = start_gateway(gpus="sim:1", extra=["--kernel-queue-timeout", "1"])
+    api = gw.api
+    holder = start_kernel(api, session="alpha")
+    res = api.post("/api/kernels", json={"name": "vrungpu-1gpu", "session": "beta"})
+    assert res.status_code == 503, res.text
+    body = res.json()
+    assert body["code"] == "no_free_gpu"
+    assert f"GPU 0 held by kernel {holder['id']} (session alpha)" in body["detail"]
+    assert "\n" not in body["detail"]
+    assert [k["id"] for k in api.get("/api/kernels").json()] == [holder["id"]]
+    assert pool(api)["allocations"] == {holder["id"]: [0]}  # the failed start holds nothing
+
+
+@pytest.mark.slow
+async def test_kernels_survive_a_gateway_restart(
+    start_gateway: Callable[..., GatewayProcess],
+) -> None:
+    gw = start_gateway()
+    api = gw.api
+    kept = start_kernel(api, session="kept", gpu_id=1)
+    lost = start_kernel(api, "vrungpu-cpu", session="lost")
+    ch = await Channels.open(channels_url(gw, kept["id"]), gw.token)
+    assert (await ch.execute("x = 41")).status == "ok"
+    await ch.close()
+    gw.stop(end_jobs=False)  # --on-stop leave: the kernels run on
+    shims = shim_pids(gw.data_dir)
+    assert {kept["id"], lost["id"]} <= set(shims)
+    os.kill(shims[lost["id"]], signal.SIGTERM)  # one dies while the gateway is down
+    wait_for(lambda: not pid_alive(shims[lost["id"]]), 30, what="the lost kernel's end")
+    gw.start()
+    api = gw.api
+    kernels = api.get("/api/kernels").json()
+    assert [(k["id"], k["session"], k["gpus"]) for k in kernels] == [(kept["id"], "kept", [1])]
+    assert pool(api)["allocations"] == {kept["id"]: [1]}
+    assert f"kernel {lost['id']} (session lost): died while the gateway was down" in gw.log()
+    again = api.post("/api/kernels", json={"name": "vrungpu-1gpu", "session": "kept"})
+    assert again.status_code == 200 and again.json()["id"] == kept["id"]
+    ch = await Channels.open(channels_url(gw, kept["id"]), gw.token)
+    try:
+        assert (await ch.execute("x + 1")).result() == "42"
+    finally:
+        await ch.close()
+    assert api.post(f"/api/kernels/{kept['id']}/restart").json()["gpus"] == [1]
+    ch = await Channels.open(channels_url(gw, kept["id"]), gw.token)
+    try:
+        assert (await ch.execute("'x' in globals()")).result() == "False"
+    finally:
+        await ch.close()
+
+
+@pytest.mark.slow
+async def test_prespawned_kernel_is_claimed_with_its_gpu(
+    start_gateway: Callable[..., GatewayProcess],
+) -> None:
+    gw = start_gateway(extra=["--prespawn-kernels", "1", "--preload", "colorsys"])
+    wait_for(lambda: "spare kernel" in gw.log(), 60, what="a spare kernel")
+    api = gw.api
+    kernel = start_kernel(api, gpu_id=1, env={"MY_SETTING": "on"})
+    assert f"spare kernel {kernel['id']} ready" in gw.log()  # a spare became this kernel
+    ch = await Channels.open(channels_url(gw, kernel["id"]), gw.token)
+    try:
+        probe = await ch.execute(
+            "import os, sys\nprint(os.environ['CUDA_VISIBLE_DEVICES'], os.environ['MY_SETTING'], "
+            "'colorsys' in sys.modules, os.getcwd() == os.environ['VRUNGPU_WORKSPACE'])"
+        )
+        assert probe.stdout.split() == ["1", "on", "True", "True"]
+    finally:
+        await ch.close()
+    wait_for(lambda: gw.log().count("spare kernel") >= 2, 60, what="a replacement spare")
+    assert api.get("/api/kernels").json()[0]["id"] == kernel["id"]  # spares are not listed

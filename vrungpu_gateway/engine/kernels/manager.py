@@ -199,7 +199,8 @@ class KernelManager:
         try:
             return await asyncio.wait_for(asyncio.shield(assigned), self.settings.queue_timeout_s)
         except TimeoutError:
-            raise Unavailable(self._no_slot_line(kernel, placement), code="no_free_gpu") from None
+            code = "no_free_cpu" if placement.device == "cpu" else "no_free_gpu"
+            raise Unavailable(self._no_slot_line(kernel, placement), code=code) from None
 
     def _no_slot_line(self, kernel: Kernel, placement: Placement) -> str:
         waited = f"within {self.settings.queue_timeout_s:g} s (--kernel-queue-timeout)"
