@@ -15,6 +15,9 @@ import tornado.httpclient
 
 from tests.kernel_helpers import Channels, Executed
 from tests.support import Api, Gate, GatewayProcess, pid_alive, shim_pids, wait_for
+from vrungpu_gateway.engine.errors import InvalidRequest, NotFound
+from vrungpu_gateway.engine.kernels.specs import placement_of
+from vrungpu_gateway.engine.kernels.wire import BadMessage, from_client, to_client
 
 
 @pytest.fixture(scope="module")
@@ -276,3 +279,44 @@ async def test_prespawned_kernel_is_claimed_with_its_gpu(
         await ch.close()
     wait_for(lambda: gw.log().count("spare kernel") >= 2, 60, what="a replacement spare")
     assert api.get("/api/kernels").json()[0]["id"] == kernel["id"]  # spares are not listed
+
+
+# -- the parts that need no process ---------------------------------------------------------------
+def test_client_messages_parse_or_say_why() -> None:
+    header = {"msg_id": "m1", "msg_type": "execute_request"}
+    channel, msg = from_client(json.dumps({"header": header, "content": {"code": "1"}}))
+    assert channel == "shell" and msg["parent_header"] == {} and msg["buffers"] == []
+    for raw, why in [
+        ("nope", "not JSON"),
+        ("[]", "JSON object"),
+        (json.dumps({"channel": "iopub", "header": header}), "no channel"),
+        (json.dumps({"header": {"msg_id": "m"}}), "msg_type"),
+        (json.dumps({"header": {"msg_type": "x"}}), "msg_id"),
+        (json.dumps({"header": header, "content": []}), "content"),
+        (b"\x00\x00", "binary"),
+    ]:
+        with pytest.raises(BadMessage, match=why):
+            from_client(raw)
+
+
+def test_messages_with_buffers_use_jupyter_servers_binary_framing() -> None:
+    msg = {"header": {"msg_id": "m", "msg_type": "comm_msg"}, "parent_header": {}}
+    msg |= {"metadata": {}, "content": {"data": {}}, "buffers": [b"\x00\x01", b"xyz"]}
+    framed = to_client("shell", msg)
+    assert isinstance(framed, bytes)
+    channel, back = from_client(framed)
+    assert channel == "shell" and back["buffers"] == [b"\x00\x01", b"xyz"]
+    assert back["header"] == msg["header"]
+    text = to_client("iopub", {**msg, "buffers": []})
+    assert isinstance(text, str) and json.loads(text)["channel"] == "iopub"
+
+
+def test_kernelspec_placements() -> None:
+    assert placement_of("vrungpu-cpu", gpu_count=0).device == "cpu"
+    assert placement_of("vrungpu-2gpu", gpu_count=2).gpus == 2
+    assert placement_of("vrungpu-1gpu", gpu_count=2, gpu_id=1).gpu_id == 1
+    for name, gpus in [("vrungpu-1gpu", 0), ("vrungpu-0gpu", 2), ("python3", 2)]:
+        with pytest.raises(NotFound):
+            placement_of(name, gpu_count=gpus)
+    with pytest.raises(InvalidRequest):
+        placement_of("vrungpu-2gpu", gpu_count=2, gpu_id=0)

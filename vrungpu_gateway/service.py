@@ -166,6 +166,7 @@ class Gateway:
 
     async def stop(self) -> None:
         await self.monitor.stop()
+        self.tasks.drain()  # slots that kernels free now must not start queued work
         await self.kernels.close(on_stop=self.config.on_stop)
         await self.tasks.shutdown(on_stop=self.config.on_stop)
         await self.workers.close()

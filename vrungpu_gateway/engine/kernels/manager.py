@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vrungpu_gateway.engine.environment import validate_user_env
-from vrungpu_gateway.engine.errors import Conflict, NotFound, Unavailable
+from vrungpu_gateway.engine.errors import Conflict, EngineError, NotFound, Unavailable
 from vrungpu_gateway.engine.gpu_monitor import GpuHolders
 from vrungpu_gateway.engine.kernels import specs as kernelspecs
 from vrungpu_gateway.engine.kernels.kernel import ClientLink, Kernel, Phase
@@ -405,7 +405,16 @@ class KernelManager:
     def _spawn(self, work: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(work)
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Future[Any]) -> None:
+        self._background.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        if isinstance(task.exception(), EngineError):  # e.g. culled while being deleted
+            log.info("kernels: %s", task.exception())
+        else:
+            log.error("kernels: background step failed", exc_info=task.exception())
 
     # -- culling ---------------------------------------------------------------------------------
     async def _cull(self) -> None:
