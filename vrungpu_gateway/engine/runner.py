@@ -369,10 +369,10 @@ class DetachedRunner:
     async def adopt(self, *, task_id: str, on_output: OutputCallback) -> DetachedHandle | JobExit:
         """Follow a job a previous gateway started: its handle, or how it ended meanwhile."""
         files = self.files(task_id)
-        state = await asyncio.to_thread(files.read, files.state)
-        pid = (state or {}).get("shim_pid")
-        alive = bool(pid) and containment.start_time(pid) == (state or {}).get("shim_start")
-        if not alive or not containment.is_alive(pid):
+        state = await asyncio.to_thread(files.read, files.state) or {}
+        pid = state.get("shim_pid")
+        ours = isinstance(pid, int) and containment.start_time(pid) == state.get("shim_start")
+        if not isinstance(pid, int) or not ours or not containment.is_alive(pid):
             return await asyncio.to_thread(read_exit, files)
         offsets = {
             s: logfiles.tail_offset(

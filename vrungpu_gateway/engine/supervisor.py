@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +37,7 @@ class Supervisor:
     on_lines: Callable[[list[Line]], None]
     on_progress: Callable[[Progress], None]
     on_started: Callable[[int], None]
-    adopt: Callable[[OutputCallback], asyncio.Future[JobHandle | JobExit]] | None = None
+    adopt: Callable[[OutputCallback], Awaitable[JobHandle | JobExit]] | None = None
     _cancel: asyncio.Event = field(default_factory=asyncio.Event)
     _last_stderr: str | None = None
     _handle: JobHandle | None = None

@@ -134,7 +134,7 @@ class InferenceJob:
     """The ``JobHandle`` of one inference task: its request's life inside the pool."""
 
     pid = 0  # no process of its own; the worker's pid is in `GET /models/workers`
-    log_offsets = None  # the supervisor writes the task's logs from what we hand it
+    log_offsets: dict[str, int] | None = None  # the supervisor writes the logs we hand it
     owns_deadline = False
 
     def __init__(self, work: Coroutine[Any, Any, int]) -> None:

@@ -75,7 +75,7 @@ class Database:
                     if column.name in have:
                         continue
                     kind = column.type.compile(self.engine.dialect)
-                    default = column.default.arg if column.default is not None else None
+                    default = getattr(column.default, "arg", None)
                     clause = f" DEFAULT {int(default)}" if isinstance(default, bool | int) else ""
                     conn.execute(
                         text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}{clause}')
