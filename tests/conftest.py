@@ -11,6 +11,13 @@ import pytest
 from tests.support import Api, Gate, GatewayProcess
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Browser tests last: Playwright's sync API keeps an event loop marked as running on the
+    main thread for as long as its session fixture lives, and no test after it could run
+    one of its own (asyncio.run, pytest-asyncio, nbclient)."""
+    items.sort(key=lambda item: "/tests/browser/" in str(item.path))
+
+
 @pytest.fixture
 def start_gateway(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
     """Start gateways on demand (each with its own data dir unless given); stop them all."""

@@ -21,16 +21,9 @@ class ManualClockLoop(asyncio.SelectorEventLoop):
 
 @pytest.fixture
 def loop() -> Iterator[ManualClockLoop]:
-    # Playwright's session-wide sync API (the browser tests) keeps its own loop marked as
-    # running on this thread; step aside from it while this loop runs, then put it back.
-    outer = asyncio.events._get_running_loop()
-    asyncio.events._set_running_loop(None)
     loop = ManualClockLoop()
-    try:
-        yield loop
-    finally:
-        loop.close()
-        asyncio.events._set_running_loop(outer)
+    yield loop
+    loop.close()
 
 
 def settle(loop: ManualClockLoop) -> None:
