@@ -227,3 +227,12 @@ def test_on_stop_drain_waits_for_running_jobs(
     gw.start()
     done = gw.api.task(task_id)
     assert (done["status"], done["stdout"]) == ("completed", "drained\n")
+
+
+def test_a_cancel_right_after_the_start_is_never_lost(api) -> None:  # type: ignore[no-untyped-def]
+    # The cancel lands while the job's shim is still starting (its SIGTERM handler not yet
+    # set): it must still end the job as cancelled, not let it run on.
+    for _ in range(10):
+        task_id = api.submit("import time\ntime.sleep(600)")
+        res = api.post(f"/task/{task_id}/cancel", timeout=30)
+        assert res.status_code == 200 and res.json()["status"] == "cancelled", res.text

@@ -37,7 +37,7 @@ Pace = Callable[[], Awaitable[None]]  # awaited after each chunk of output hande
 READ_CHUNK = 64 * 1024  # per stream and turn of the loop, like a pipe's buffer
 TAIL_INTERVAL_S = 0.05  # how often a running job's log files are checked for new output
 ADOPT_TAIL_BYTES = 256 * 1024  # re-read at adoption for the latest progress
-SHIM_START_S = 3.0  # a shim writes its state file first thing: this long at most
+SHIM_START_S = 10.0  # a shim writes its state file first thing: this long at most
 
 
 @dataclass(frozen=True)
@@ -212,7 +212,16 @@ class DetachedHandle:
         return await asyncio.to_thread(read_exit, self.files)
 
     async def kill(self, *, grace_s: float) -> None:
-        """Ask the shim to end the job (it applies the grace itself)."""
+        """Ask the shim to end the job (it applies the grace itself).
+
+        A shim takes SIGTERM as a cancel only once its handler is set, and it writes its state
+        file right after: a signal sent sooner would end it unrecorded, or be dropped by the
+        handler it inherited from the zygote. So wait for that file first.
+        """
+        for _ in range(int(SHIM_START_S / 0.02)):
+            if self.files.state.exists() or self._exited.done():
+                break
+            await asyncio.sleep(0.02)
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGTERM)
 
