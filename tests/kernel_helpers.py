@@ -1,15 +1,42 @@
-"""A small Jupyter channels client for tests: tornado's WebSocket client, Jupyter messages."""
+"""Kernel test helpers: a small Jupyter channels client (tornado's WebSocket client, Jupyter
+messages), and kernels started over REST that are deleted after the test."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tornado.websocket
 from tornado.httpclient import HTTPRequest
+
+if TYPE_CHECKING:
+    from tests.support import Api
+
+
+@contextmanager
+def session_kernel(api: Api, session: str, spec: str = "vrungpu-1gpu") -> Iterator[dict[str, Any]]:
+    """A kernel started with ``POST /api/kernels`` for `session` (its model); deleted after the
+    block unless the test stopped it already."""
+    started = api.post("/api/kernels", json={"name": spec, "session": session})
+    assert started.status_code == 201, started.text
+    kernel: dict[str, Any] = started.json()
+    try:
+        yield kernel
+    finally:
+        api.delete(f"/api/kernels/{kernel['id']}")  # 404 once the test stopped it
+
+
+def assert_kernel_gone(api: Api, kernel: dict[str, Any]) -> None:
+    """The kernel is no longer listed and its GPUs are back in the pool."""
+    assert api.get(f"/api/kernels/{kernel['id']}").status_code == 404
+    pool = api.get("/gpu/pool").json()
+    assert kernel["id"] not in pool["busy_gpus"]
+    assert set(kernel["gpus"]) <= set(pool["available_gpus"])
 
 
 class Channels:

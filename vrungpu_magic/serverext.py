@@ -102,6 +102,9 @@ class ApiProxyHandler(_GatewayHandler):
         for name in FORWARD_RESPONSE_HEADERS:
             if name in response.headers:
                 self.set_header(name, response.headers[name])
+        if response.code in (204, 304):  # tornado refuses any body here, even b""
+            self.finish()
+            return
         content_type = response.headers.get("Content-Type", "application/json")
         self.finish(response.body or b"", set_content_type=content_type)
 

@@ -2,7 +2,7 @@
  * Small pure helpers for the sidebar's DOM: element creation and number/label
  * formatting. No JupyterLab imports, so they stay trivially testable.
  */
-import { ITask } from './tokens';
+import { GpuHolder, IKernel, ITask } from './tokens';
 
 /** Create an element with a class name and optional text. */
 export function el<K extends keyof HTMLElementTagNameMap>(
@@ -60,6 +60,31 @@ export function taskPlace(task: ITask): string {
     return `GPU ${ids.join(',')}`;
   }
   return task.device === 'cpu' ? 'CPU' : '';
+}
+
+/** Where a kernel runs: `GPU 0`, `GPU 0,1`, `CPU`, or its place in the queue. */
+export function kernelPlace(kernel: IKernel): string {
+  if (kernel.gpus.length > 0) {
+    return `GPU ${kernel.gpus.join(',')}`;
+  }
+  if (kernel.queue_position) {
+    return `queued #${kernel.queue_position}`;
+  }
+  return kernel.device === 'cpu' ? 'CPU' : '';
+}
+
+/** A GPU's holder in words: `kernel 96be517c (session train)`, `model worker 5e6f7a8b`. */
+export function holderLabel(holder: GpuHolder): string {
+  switch (holder.kind) {
+    case 'kernel':
+      return (
+        `kernel ${shortId(holder.id)}` + (holder.session ? ` (session ${holder.session})` : '')
+      );
+    case 'worker':
+      return `model worker ${shortId(holder.model_id)}`;
+    default:
+      return `task ${shortId(holder.id)}`;
+  }
 }
 
 /** Seconds as `42 s`, `3 min 5 s`, `2 h 10 min`. */

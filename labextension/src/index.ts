@@ -4,6 +4,7 @@
 import { ILayoutRestorer, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 import { ICommandPalette } from '@jupyterlab/apputils';
 
+import { KernelsModel } from './kernels';
 import { VrunGPUModel } from './model';
 import { PANEL_ID, VrunGPUPanel } from './panel';
 
@@ -17,7 +18,7 @@ namespace CommandIDs {
 
 const plugin: JupyterFrontEndPlugin<void> = {
   id: PLUGIN_ID,
-  description: 'VrunGPU sidebar: GPUs, tasks with live progress and logs, cancel.',
+  description: 'VrunGPU sidebar: GPUs, kernels, tasks with live progress and logs, cancel.',
   autoStart: true,
   optional: [ILayoutRestorer, ICommandPalette],
   activate: (
@@ -25,7 +26,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     restorer: ILayoutRestorer | null,
     palette: ICommandPalette | null
   ) => {
-    const panel = new VrunGPUPanel(new VrunGPUModel());
+    const panel = new VrunGPUPanel(new VrunGPUModel(), new KernelsModel());
     app.shell.add(panel, 'left', { rank: 900 });
     restorer?.add(panel, PANEL_ID);
 
@@ -34,8 +35,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
       execute: () => app.shell.activateById(PANEL_ID)
     });
     app.commands.addCommand(CommandIDs.refresh, {
-      label: 'Reload VrunGPU GPUs and tasks',
-      execute: () => panel.model.refresh()
+      label: 'Reload VrunGPU GPUs, kernels and tasks',
+      execute: () => panel.refresh()
     });
     app.commands.addCommand(CommandIDs.dashboard, {
       label: 'Open the VrunGPU dashboard',

@@ -9,6 +9,7 @@ import { ISignal, Signal } from '@lumino/signaling';
 import { openSocket, requestAPI } from './handler';
 import {
   ClientMessage,
+  GpuHolder,
   IDashboardLink,
   IGpuDevice,
   IGpuInfo,
@@ -68,19 +69,22 @@ export class VrunGPUModel {
   }
 
   /**
-   * The task holding GPU `index`: a running task that lists it, else the last
-   * GPU report's holder unless that task is known to have ended since.
+   * Who holds GPU `gpu`: a running task that lists it, else the gateway's
+   * `holder` (a kernel, a task or a model worker), unless that is a task known
+   * to have ended since. Older gateways name only a task (`task_id`, `busy_gpus`).
    */
-  holderOf(gpu: IGpuDevice): string | null {
+  holderOf(gpu: IGpuDevice): GpuHolder | null {
     for (const task of this._tasks.values()) {
       if (task.status === 'running' && (task.gpu_ids ?? []).includes(gpu.index)) {
-        return task.task_id;
+        return { kind: 'task', id: task.task_id };
       }
     }
-    const busy = Object.entries(this._pool?.busy_gpus ?? {});
-    const reported = gpu.task_id ?? busy.find(([, index]) => index === gpu.index)?.[0] ?? null;
-    const known = reported ? this._tasks.get(reported) : undefined;
-    return known && !LIVE_STATUSES.has(known.status) ? null : reported;
+    const holder = gpu.holder !== undefined ? gpu.holder : this._reportedTask(gpu);
+    if (holder?.kind !== 'task') {
+      return holder;
+    }
+    const known = this._tasks.get(holder.id);
+    return known && !LIVE_STATUSES.has(known.status) ? null : holder;
   }
 
   /** True once GPUs and tasks were loaded at least once. */
@@ -388,6 +392,12 @@ export class VrunGPUModel {
       this._error = `Could not load the log: ${(error as Error).message}`;
       this._changed.emit();
     }
+  }
+
+  private _reportedTask(gpu: IGpuDevice): GpuHolder | null {
+    const busy = Object.entries(this._pool?.busy_gpus ?? {});
+    const id = gpu.task_id ?? busy.find(([, index]) => index === gpu.index)?.[0] ?? null;
+    return id ? { kind: 'task', id } : null;
   }
 
   private _setGpus(gpus: unknown, pool?: IGpuPool): void {

@@ -1,9 +1,9 @@
 /**
  * The VrunGPU left-sidebar panel: a header with the connection status, a
- * toolbar (refresh, open dashboard) and the GPU, task and log sections. It
- * follows the gateway only while visible.
+ * toolbar (refresh, open dashboard) and the GPU, kernel, task and log sections.
+ * It follows the gateway only while visible.
  */
-import { showErrorMessage } from '@jupyterlab/apputils';
+import { Dialog, showDialog, showErrorMessage } from '@jupyterlab/apputils';
 import {
   launchIcon,
   LabIcon,
@@ -14,9 +14,11 @@ import {
 import { Message } from '@lumino/messaging';
 import { Panel, Widget } from '@lumino/widgets';
 
-import { el } from './format';
+import { el, shortId } from './format';
+import { KernelsModel } from './kernels';
 import { LinkState, VrunGPUModel } from './model';
-import { GpuSection, LogSection, TaskSection } from './sections';
+import { GpuSection, KernelSection, LogSection, TaskSection } from './sections';
+import { IKernel } from './tokens';
 
 export const PANEL_ID = 'vrungpu-panel';
 
@@ -67,7 +69,10 @@ class StatusHeader extends Widget {
 }
 
 export class VrunGPUPanel extends SidePanel {
-  constructor(readonly model: VrunGPUModel) {
+  constructor(
+    readonly model: VrunGPUModel,
+    readonly kernels: KernelsModel
+  ) {
     super({ content: new Panel() });
     this.id = PANEL_ID;
     this.addClass('jp-VrunGPU-panel');
@@ -80,8 +85,8 @@ export class VrunGPUPanel extends SidePanel {
       new ToolbarButton({
         icon: refreshIcon,
         className: 'jp-VrunGPU-refresh',
-        tooltip: 'Reload GPUs and tasks',
-        onClick: () => void model.refresh()
+        tooltip: 'Reload GPUs, kernels and tasks',
+        onClick: () => void this.refresh()
       })
     );
     this.toolbar.addItem(
@@ -96,6 +101,7 @@ export class VrunGPUPanel extends SidePanel {
     );
     const select = (taskId: string) => this.select(taskId);
     this._gpus = new GpuSection(model, select);
+    this._kernelList = new KernelSection(kernels, kernel => void this._stopKernel(kernel));
     this._tasks = new TaskSection(model, select);
     this._log = new LogSection(
       model,
@@ -104,10 +110,17 @@ export class VrunGPUPanel extends SidePanel {
     );
     this.content.addClass('jp-VrunGPU-content');
     this.addWidget(this._gpus);
+    this.addWidget(this._kernelList);
     this.addWidget(this._tasks);
     this.addWidget(this._log);
     model.changed.connect(this._render, this);
+    kernels.changed.connect(this._render, this);
     this._render();
+  }
+
+  /** Reload GPUs, tasks and kernels. */
+  async refresh(): Promise<void> {
+    await Promise.all([this.model.refresh(), this.kernels.refresh()]);
   }
 
   /** Show a task's live log (null closes it). */
@@ -129,19 +142,23 @@ export class VrunGPUPanel extends SidePanel {
       return;
     }
     this.model.changed.disconnect(this._render, this);
+    this.kernels.changed.disconnect(this._render, this);
     this.model.stop();
+    this.kernels.stop();
     super.dispose();
   }
 
   protected onAfterShow(msg: Message): void {
     super.onAfterShow(msg);
     this.model.start();
+    this.kernels.start();
   }
 
   protected onAfterAttach(msg: Message): void {
     super.onAfterAttach(msg);
     if (this.isVisible) {
       this.model.start();
+      this.kernels.start();
     }
   }
 
@@ -149,6 +166,25 @@ export class VrunGPUPanel extends SidePanel {
   protected onAfterHide(msg: Message): void {
     super.onAfterHide(msg);
     this.model.stop();
+    this.kernels.stop();
+  }
+
+  /** Ask, then stop the kernel; its GPUs show as free with the next GPU report. */
+  private async _stopKernel(kernel: IKernel): Promise<void> {
+    const what = kernel.session ? `session ${kernel.session}` : `kernel ${shortId(kernel.id)}`;
+    const answer = await showDialog({
+      title: `Stop ${what}?`,
+      body: 'The kernel shuts down: its variables are lost and its GPUs go back to the pool.',
+      buttons: [Dialog.cancelButton(), Dialog.warnButton({ label: 'Stop kernel' })]
+    });
+    if (!answer.button.accept) {
+      return;
+    }
+    try {
+      await this.kernels.stopKernel(kernel.id);
+    } catch (error) {
+      void showErrorMessage('VrunGPU: stop failed', (error as Error).message);
+    }
   }
 
   private async _cancel(taskId: string): Promise<void> {
@@ -164,12 +200,14 @@ export class VrunGPUPanel extends SidePanel {
     this.node.dataset.state = model.error ? 'error' : model.loaded ? 'ok' : 'loading';
     this._status.render(model);
     this._gpus.render();
+    this._kernelList.render();
     this._tasks.render();
     this._log.render();
   }
 
   private _status = new StatusHeader();
   private _gpus: GpuSection;
+  private _kernelList: KernelSection;
   private _tasks: TaskSection;
   private _log: LogSection;
 }

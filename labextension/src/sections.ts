@@ -7,16 +7,19 @@ import { Widget } from '@lumino/widgets';
 import {
   el,
   formatDuration,
+  holderLabel,
   formatMb,
   formatPct,
   makeBar,
   setBar,
   shortId,
+  kernelPlace,
   taskLabel,
   taskPlace
 } from './format';
+import { KernelsModel } from './kernels';
 import { VrunGPUModel } from './model';
-import { IGpuDevice, ITask, ITaskOutput, LIVE_STATUSES } from './tokens';
+import { GpuHolder, IGpuDevice, IKernel, ITask, ITaskOutput, LIVE_STATUSES } from './tokens';
 
 /** Most log lines kept in the view; older ones are dropped. */
 const MAX_LOG_LINES = 2000;
@@ -114,16 +117,23 @@ export class GpuSection extends Widget {
     return meter;
   }
 
-  private _holderLine(holder: string | null): HTMLElement {
+  private _holderLine(holder: GpuHolder | null): HTMLElement {
     const line = el('div', 'jp-VrunGPU-holder');
+    line.dataset.holderKind = holder?.kind ?? '';
     if (!holder) {
       line.textContent = 'idle';
       return line;
     }
-    const task = this._model.task(holder);
-    const link = el('button', 'jp-VrunGPU-holderLink', task ? taskLabel(task) : shortId(holder));
-    link.dataset.taskId = holder;
-    link.title = `Show task ${holder}`;
+    if (holder.kind !== 'task') {
+      const who = el('span', 'jp-VrunGPU-holderName', holderLabel(holder));
+      who.title = holder.id;
+      line.append('held by ', who);
+      return line;
+    }
+    const task = this._model.task(holder.id);
+    const link = el('button', 'jp-VrunGPU-holderLink', task ? taskLabel(task) : shortId(holder.id));
+    link.dataset.taskId = holder.id;
+    link.title = `Show task ${holder.id}`;
     line.append('held by ', link);
     return line;
   }
@@ -131,6 +141,108 @@ export class GpuSection extends Widget {
   private _list = el('div', 'jp-VrunGPU-gpuList');
   private _note: HTMLElement;
   private _lastKey = '';
+}
+
+/** Called when the user asks to stop a kernel. */
+export type StopKernel = (kernel: IKernel) => void;
+
+/** Remote kernels and sessions: session, GPUs, state, idle time and a Stop button. */
+export class KernelSection extends Widget {
+  constructor(
+    private readonly _kernels: KernelsModel,
+    onStop: StopKernel
+  ) {
+    super();
+    this.addClass('jp-VrunGPU-section');
+    this.addClass('jp-VrunGPU-kernels');
+    const [head, note] = sectionHeading('Kernels');
+    this._note = note;
+    this._list.setAttribute('role', 'list');
+    this.node.append(head, this._list);
+    this._list.addEventListener('click', event => {
+      const button = (event.target as HTMLElement).closest<HTMLElement>('[data-stop-kernel]');
+      const kernel = this._kernels.kernels.find(k => k.id === button?.dataset.stopKernel);
+      if (kernel) {
+        onStop(kernel);
+      }
+    });
+  }
+
+  render(): void {
+    const kernels = this._kernels.kernels;
+    const busy = kernels.filter(kernel => kernel.execution_state === 'busy').length;
+    this._note.textContent = kernels.length ? `${kernels.length} running · ${busy} busy` : '';
+    const seen = new Set<string>();
+    const rows = kernels.map(kernel => {
+      seen.add(kernel.id);
+      return this._update(kernel);
+    });
+    for (const id of [...this._rows.keys()].filter(id => !seen.has(id))) {
+      this._rows.get(id)?.remove();
+      this._rows.delete(id);
+    }
+    this._list.replaceChildren(...rows);
+    if (rows.length === 0) {
+      this._list.append(el('div', 'jp-VrunGPU-empty', this._emptyText()));
+    }
+  }
+
+  private _emptyText(): string {
+    if (!this._kernels.supported) {
+      return 'This gateway runs no remote kernels.';
+    }
+    if (this._kernels.error) {
+      return `Kernels unavailable: ${this._kernels.error}`;
+    }
+    return this._kernels.loaded ? 'No kernels. %%vrungpu --session NAME starts one.' : 'Loading...';
+  }
+
+  /** Update (or create) a kernel's row in place, so a poll does not move its Stop button. */
+  private _update(kernel: IKernel): HTMLElement {
+    let row = this._rows.get(kernel.id);
+    if (!row) {
+      row = this._create(kernel.id);
+      this._rows.set(kernel.id, row);
+    }
+    const state = kernel.execution_state || 'unknown';
+    row.dataset.state = state;
+    const part = (name: string) => row!.querySelector(`.jp-VrunGPU-${name}`) as HTMLElement;
+    part('kernelSession').textContent = kernel.session || '—';
+    part('kernelSession').title = kernel.session ? `session ${kernel.session}` : 'no session';
+    const badge = part('badge');
+    badge.textContent = state;
+    badge.dataset.state = state;
+    part('kernelPlace').textContent = kernelPlace(kernel);
+    const idle = state === 'busy' ? 'running a cell' : `idle ${formatDuration(kernel.idle_s)}`;
+    part('kernelMeta').textContent = `${idle} · ${shortId(kernel.id)} · ${kernel.name}`;
+    part('kernelMeta').title = `kernel ${kernel.id}`;
+    const stop = part('kernelStop') as HTMLButtonElement;
+    stop.disabled = this._kernels.isStopping(kernel.id);
+    return row;
+  }
+
+  private _create(kernelId: string): HTMLElement {
+    const row = el('div', 'jp-VrunGPU-kernel');
+    row.dataset.kernelId = kernelId;
+    row.setAttribute('role', 'listitem');
+    const top = el('div', 'jp-VrunGPU-taskTop');
+    top.append(
+      el('span', 'jp-VrunGPU-badge'),
+      el('span', 'jp-VrunGPU-kernelSession'),
+      el('span', 'jp-VrunGPU-kernelPlace')
+    );
+    const stop = el('button', 'jp-VrunGPU-kernelStop jp-mod-styled jp-mod-warn', 'Stop');
+    stop.dataset.stopKernel = kernelId;
+    stop.title = 'Stop this kernel: its variables are lost, its GPUs freed';
+    const bottom = el('div', 'jp-VrunGPU-kernelBottom');
+    bottom.append(el('span', 'jp-VrunGPU-kernelMeta'), stop);
+    row.append(top, bottom);
+    return row;
+  }
+
+  private _list = el('div', 'jp-VrunGPU-kernelList');
+  private _rows = new Map<string, HTMLElement>();
+  private _note: HTMLElement;
 }
 
 /** Recent tasks, newest first, each with a status badge and a live progress bar. */

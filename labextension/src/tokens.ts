@@ -24,8 +24,16 @@ export interface IGpuDevice {
   utilization_percent: number | null;
   temperature_c?: number | null;
   task_id?: string | null;
+  /** Who holds the GPU (gateways with remote kernels); absent on older gateways. */
+  holder?: GpuHolder | null;
   simulated?: boolean;
 }
+
+/** The holder of a GPU, as `GET /gpu` and the WebSocket's `gpu_update` name it. */
+export type GpuHolder =
+  | { kind: 'kernel'; id: string; session: string | null; name: string }
+  | { kind: 'task'; id: string }
+  | { kind: 'worker'; id: string; model_id: string };
 
 /** `GET /gpu`. */
 export interface IGpuInfo {
@@ -73,6 +81,22 @@ export interface ITaskLogs {
   stream: string;
   offset: number;
   content: string;
+}
+
+/** A remote kernel, as `GET /api/kernels` lists it (Jupyter's model plus ours). */
+export interface IKernel {
+  id: string;
+  /** The kernelspec, e.g. `vrungpu-1gpu`. */
+  name: string;
+  last_activity: string | null;
+  execution_state: string;
+  connections: number;
+  session: string | null;
+  gpus: number[];
+  device: string | null;
+  created_at: string | null;
+  idle_s: number | null;
+  queue_position?: number | null;
 }
 
 /** `GET <base_url>/vrungpu/dashboard` (served by the Jupyter server extension). */

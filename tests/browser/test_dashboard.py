@@ -10,6 +10,7 @@ never logs a failed (401) request.
 from __future__ import annotations
 
 import json
+import re
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import requests
 
+from tests.kernel_helpers import assert_kernel_gone, session_kernel
 from tests.model_helpers import register_plain
 from tests.support import TOKEN, Gate, GatewayProcess, wait_for
 
@@ -332,6 +334,39 @@ def test_models_tab_lists_versions_downloads_infers_and_deletes(
     expect(group.locator("tr.model-row")).to_have_count(1)
     assert gateway.api.get(f"/model/{first['model_id']}").status_code == 404
     assert dash.errors == []
+
+
+def test_kernels_tab_lists_a_session_and_stop_frees_its_gpu(
+    dash: Dashboard, gateway: GatewayProcess
+) -> None:
+    with session_kernel(gateway.api, "dash-kernels") as kernel:
+        kernel_id, [gpu] = kernel["id"], kernel["gpus"]
+        dash.open()
+        page = dash.page
+        card = page.locator(f'[data-gpu-index="{gpu}"]')
+        expect(card).to_have_attribute("data-holder-kind", "kernel")
+        expect(card.locator(".gpu-holder")).to_contain_text("Held by")
+        expect(card.locator(".gpu-holder a")).to_have_text(f"kernel {kernel_id[:8]}")
+        expect(card.locator(".gpu-holder-detail")).to_have_text("(session dash-kernels)")
+        dash.shot("kernel-gpu-card")
+
+        page.click("#nav-kernels")
+        row = page.locator(f'tr.kernel-row[data-kernel-id="{kernel_id}"]')
+        expect(row.locator(".kernel-session")).to_have_text("dash-kernels")
+        expect(row.locator(".kernel-gpus")).to_have_text(f"GPU {gpu}")
+        expect(row).to_contain_text("vrungpu-1gpu")
+        expect(row.locator(".kernel-state")).to_have_text("idle")
+        expect(row.locator(".kernel-idle")).to_have_text(re.compile(r"^\d"))
+        dash.shot("kernels")
+
+        row.locator('[data-action="stop-kernel"]').click()
+        expect(page.locator(".modal")).to_contain_text("Stop session dash-kernels?")
+        page.click("#confirm-ok")
+        expect(row).to_have_count(0)
+        assert_kernel_gone(gateway.api, kernel)
+        page.click("#nav-overview")
+        expect(card).to_have_attribute("data-busy", "false")
+        assert dash.errors == []
 
 
 def test_a_wrong_token_shows_the_login_error(dash: Dashboard) -> None:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import requests
 
+from tests.kernel_helpers import assert_kernel_gone, session_kernel
 from tests.support import GatewayProcess, wait_for
 
 if TYPE_CHECKING:
@@ -143,6 +144,19 @@ def test_proxy_passes_query_body_and_errors(lab: JupyterProcess, gateway: Gatewa
     assert missing.json() == gateway.api.get("/task/no%20such%2Ftask").json()
 
 
+def test_proxy_lists_and_deletes_kernels(lab: JupyterProcess, gateway: GatewayProcess) -> None:
+    with session_kernel(gateway.api, "proxied", spec="vrungpu-cpu") as kernel:
+        listed = lab.get("vrungpu/api/api/kernels", headers=lab.auth)
+        assert listed.status_code == 200
+        assert [k["session"] for k in listed.json() if k["id"] == kernel["id"]] == ["proxied"]
+        url = f"{lab.url}vrungpu/api/api/kernels/{kernel['id']}"
+        stopped = requests.delete(url, headers=lab.auth, timeout=30)
+        assert (stopped.status_code, stopped.content) == (204, b"")
+        assert requests.delete(url, timeout=30).status_code in (401, 403)  # Jupyter's auth first
+        again = requests.delete(url, headers=lab.auth, timeout=30)
+        assert again.status_code == 404 and again.json()["code"]
+
+
 def test_dashboard_link_carries_gateway_token(lab: JupyterProcess, gateway: GatewayProcess) -> None:
     res = lab.get("vrungpu/dashboard", headers=lab.auth)
     assert res.status_code == 200
@@ -251,6 +265,37 @@ def test_sidebar_follows_and_cancels_a_task(lab_page: WatchedPage, gateway: Gate
     wait_for(lambda: cancel.is_disabled(), 10, 0.1, "Cancel to be disabled")
     lab_page.shot("labextension-cancelled.png")
     lab_page.assert_no_errors()
+
+
+@pytest.mark.browser
+def test_sidebar_lists_a_kernel_and_stops_it(
+    lab_page: WatchedPage, gateway: GatewayProcess
+) -> None:
+    with session_kernel(gateway.api, "lab-sidebar") as kernel:
+        kernel_id, [gpu] = kernel["id"], kernel["gpus"]
+        panel = open_sidebar(lab_page)
+        row = panel.locator(f'.jp-VrunGPU-kernel[data-kernel-id="{kernel_id}"]')
+        row.wait_for(timeout=15_000)
+        assert row.locator(".jp-VrunGPU-kernelSession").inner_text() == "lab-sidebar"
+        assert row.locator(".jp-VrunGPU-kernelPlace").inner_text() == f"GPU {gpu}"
+        assert row.get_attribute("data-state") == "idle"
+        meta = row.locator(".jp-VrunGPU-kernelMeta").inner_text()
+        assert re.fullmatch(rf"idle \d+ s · {kernel_id[:8]} · vrungpu-1gpu", meta), meta
+        holder = panel.locator(f'.jp-VrunGPU-gpu[data-gpu-index="{gpu}"] .jp-VrunGPU-holder')
+        assert holder.inner_text() == f"held by kernel {kernel_id[:8]} (session lab-sidebar)"
+        lab_page.shot("labextension-kernels.png")
+
+        row.locator("button.jp-VrunGPU-kernelStop").click()
+        dialog = lab_page.page.locator(".jp-Dialog")
+        dialog.wait_for(timeout=10_000)
+        assert "Stop session lab-sidebar?" in dialog.inner_text()
+        lab_page.shot("labextension-kernel-confirm.png")
+        dialog.locator("button.jp-mod-accept").click()
+        row.wait_for(state="detached", timeout=15_000)
+        assert_kernel_gone(gateway.api, kernel)
+        wait_for(lambda: holder.inner_text() == "idle", 15, 0.1, f"GPU {gpu} shown as free")
+        lab_page.shot("labextension-kernel-stopped.png")
+        lab_page.assert_no_errors()
 
 
 @pytest.mark.browser

@@ -112,6 +112,7 @@ export async function features() {
   return {
     websocket: paths.has("/ws"),
     models: paths.has("/models"),
+    kernels: paths.has("/api/kernels"),
     version: spec && spec.info ? spec.info.version : "",
   };
 }

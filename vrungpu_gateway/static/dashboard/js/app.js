@@ -1,6 +1,7 @@
 // The dashboard's entry point: login by token, the header, and a hash router over the views.
 
 import { auth, checkSession, features, onAuthFailure } from "./api.js";
+import { mountKernels } from "./kernels.js";
 import { Live } from "./live.js";
 import { mountModels } from "./models.js";
 import { mountOverview } from "./overview.js";
@@ -15,13 +16,14 @@ const ROUTES = [
   { pattern: /^#\/task\/([A-Za-z0-9_.-]+)$/, view: "tasks", mount: mountTask },
   { pattern: /^#\/submit$/, view: "submit", mount: mountSubmit },
   { pattern: /^#\/models$/, view: "models", mount: mountModels },
+  { pattern: /^#\/kernels$/, view: "kernels", mount: mountKernels },
 ];
 
 const $ = (id) => document.getElementById(id);
 
 const ctx = {
   live: null,
-  features: { websocket: false, models: false },
+  features: { websocket: false, models: false, kernels: false },
   tasks: new Map(), // task_id -> last known task (names for GPU cards and CPU slots)
   pendingHighlight: null,
   navigate(hash) {

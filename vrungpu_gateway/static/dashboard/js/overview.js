@@ -3,6 +3,7 @@
 
 import { api } from "./api.js";
 import { STATUS_COLORS, gauge, historyChart, levelColor, statusDonut } from "./charts.js";
+import { holderParts } from "./kernels.js";
 import { HISTORY_WINDOW_S } from "./live.js";
 import { TaskTable, cancelTask } from "./tasks.js";
 import {
@@ -65,7 +66,7 @@ export function mountOverview(root, ctx) {
       }
       updateCard(card, gpu, ctx);
     }
-    const busyGpus = pool ? pool.total_gpus - pool.available_gpus.length : gpus.filter((g) => g.task_id).length;
+    const busyGpus = pool ? pool.total_gpus - pool.available_gpus.length : gpus.filter(holderOf).length;
     kpis.gpus.set(`${busyGpus} / ${pool ? pool.total_gpus : gpus.length}`);
     renderCpu(pool);
     const names = new Map(gpus.map((g) => [g.index, `GPU ${g.index}`]));
@@ -170,9 +171,11 @@ function updateCard(card, gpu, ctx) {
   card.name.textContent = gpu.name || "";
   card.name.title = gpu.uuid || "";
   card.badge.hidden = !gpu.simulated;
-  card.el.dataset.busy = gpu.task_id ? "true" : "false";
-  card.state.textContent = gpu.task_id ? "busy" : "idle";
-  card.state.className = `gpu-state ${gpu.task_id ? "busy" : "idle"}`;
+  const holder = holderOf(gpu);
+  card.el.dataset.busy = holder ? "true" : "false";
+  card.el.dataset.holderKind = holder ? holder.kind : "";
+  card.state.textContent = holder ? "busy" : "idle";
+  card.state.className = `gpu-state ${holder ? "busy" : "idle"}`;
   const memPct = gpu.memory_total_mb ? (100 * gpu.memory_used_mb) / gpu.memory_total_mb : null;
   gauge(card.util, { value: gpu.utilization_percent, label: "Utilisation" });
   gauge(card.mem, { value: memPct, label: "Memory",
@@ -182,13 +185,29 @@ function updateCard(card, gpu, ctx) {
   const tPct = t ? Math.min(100, (t / 95) * 100) : 0;
   card.tempFill.style.width = `${tPct}%`;
   card.tempFill.style.background = levelColor(tPct);
-  if (gpu.task_id) {
-    const task = ctx.tasks.get(gpu.task_id);
-    fill(card.holder, h("span.muted.small", "Running"),
-      h("a.link.mono.gpu-task", { href: `#/task/${gpu.task_id}`, dataset: { taskId: gpu.task_id } },
-        taskLabel(ctx, gpu.task_id)),
+  renderHolder(card.holder, holder, ctx);
+}
+
+/** Who holds the GPU: the gateway's `holder`, or (older gateways) a task by its id. */
+function holderOf(gpu) {
+  if (gpu.holder) return gpu.holder;
+  return gpu.task_id ? { kind: "task", id: gpu.task_id } : null;
+}
+
+function renderHolder(el, holder, ctx) {
+  if (!holder) {
+    fill(el, h("span.muted.small", "Holding"), h("span.gpu-free", "no task"));
+  } else if (holder.kind === "task") {
+    const task = ctx.tasks.get(holder.id);
+    fill(el, h("span.muted.small", "Running"),
+      h("a.link.mono.gpu-task", { href: `#/task/${holder.id}`, dataset: { taskId: holder.id } },
+        taskLabel(ctx, holder.id)),
       task && isLive(task) ? h("span.small.muted", ` ${Math.round(task.progress || 0)}%`) : null);
   } else {
-    fill(card.holder, h("span.muted.small", "Holding"), h("span.gpu-free", "no task"));
+    const [name, detail] = holderParts(holder);
+    const href = holder.kind === "kernel" ? "#/kernels" : "#/models";
+    fill(el, h("span.muted.small", "Held by"),
+      h("a.link.mono.gpu-task", { href, title: holder.id, dataset: { holderId: holder.id } }, name),
+      detail ? h("span.small.gpu-holder-detail", detail) : null);
   }
 }
