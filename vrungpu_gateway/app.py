@@ -8,11 +8,22 @@ from typing import Any
 import tornado.log
 import tornado.web
 
-from vrungpu_gateway.api import dashboard, docs, gpus, kernels, models, projects, root, tasks, ws
+from vrungpu_gateway.api import (
+    dashboard,
+    docs,
+    gpus,
+    kernels,
+    metrics,
+    models,
+    projects,
+    root,
+    tasks,
+    ws,
+)
 from vrungpu_gateway.api.base import NotFoundHandler
 from vrungpu_gateway.service import Gateway
 
-ROUTE_MODULES = [root, gpus, tasks, projects, models, kernels, docs, dashboard, ws]
+ROUTE_MODULES = [root, gpus, tasks, projects, models, kernels, metrics, docs, dashboard, ws]
 
 
 def route_table() -> list[tuple[str, type[tornado.web.RequestHandler]]]:

@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="no token at all; refused unless --host is a loopback address",
     )
     p.add_argument(
+        "--metrics-public",
+        action="store_true",
+        default=_env("METRICS_PUBLIC") in ("1", "true"),
+        help="serve GET /metrics (Prometheus) without a token; every other route keeps it",
+    )
+    p.add_argument(
         "--kill-grace",
         type=float,
         default=float(_env("KILL_GRACE", str(d.kill_grace_s)) or 0),
@@ -173,6 +179,7 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         cpu_slots=args.cpu_slots,
         token=args.token,
         no_auth=args.no_auth,
+        metrics_public=args.metrics_public,
         kill_grace_s=args.kill_grace,
         python=args.python,
         default_timeout_s=args.default_timeout,

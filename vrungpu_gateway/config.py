@@ -31,6 +31,7 @@ class GatewayConfig:
     cpu_slots: int = 2
     token: str | None = None
     no_auth: bool = False
+    metrics_public: bool = False  # GET /metrics without a token (for a scraper on the LAN)
     kill_grace_s: float = 10.0
     python: str = sys.executable
     default_timeout_s: float = 3600.0

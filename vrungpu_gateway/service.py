@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from vrungpu_gateway import __version__
@@ -18,6 +18,7 @@ from vrungpu_gateway.engine.gpu_monitor import GpuHolders, GpuMonitor, HolderSou
 from vrungpu_gateway.engine.kernels import KernelLauncher, KernelManager, KernelSettings
 from vrungpu_gateway.engine.layout import DataLayout
 from vrungpu_gateway.engine.manager import TaskManager
+from vrungpu_gateway.engine.metrics import GatewayMetrics, GatewayParts
 from vrungpu_gateway.engine.registry import ModelRegistry
 from vrungpu_gateway.engine.runner import DetachedRunner, Runner, WarmSpawner
 from vrungpu_gateway.engine.scheduler import Scheduler
@@ -51,6 +52,22 @@ class Gateway:
     token: str | None
     warm: WarmSpawner | None = None
     version: str = __version__
+    metrics: GatewayMetrics = field(init=False)
+
+    def __post_init__(self) -> None:
+        parts = GatewayParts(
+            tasks=self.tasks,
+            monitor=self.monitor,
+            streams=self.streams,
+            workers=self.workers,
+            kernels=self.kernels,
+            version=self.version,
+        )
+        self.metrics = GatewayMetrics(
+            parts=parts,
+            bus=self.bus,
+            stored=lambda: self.db.run(task_repo.count_by_status, self.db),
+        )
 
     @classmethod
     def create(
@@ -166,6 +183,7 @@ class Gateway:
 
     async def stop(self) -> None:
         await self.monitor.stop()
+        self.metrics.close()
         self.tasks.drain()  # slots that kernels free now must not start queued work
         await self.kernels.close(on_stop=self.config.on_stop)
         await self.tasks.shutdown(on_stop=self.config.on_stop)

@@ -194,6 +194,18 @@ PATHS: dict[str, dict[str, Any]] = {
             ],
         )
     },
+    "/metrics": {
+        "get": {
+            **_op(
+                "Prometheus metrics (text exposition; no token with --metrics-public)",
+                errors=(401,),
+            ),
+            "responses": {
+                "200": {"description": "metrics", "content": {"text/plain": {}}},
+                "401": {"$ref": "#/components/responses/Error"},
+            },
+        }
+    },
     "/openapi.json": {"get": _op("This document", errors=(401,))},
     "/docs": {"get": _op("A page that renders this document", errors=(401,))},
     "/ws": {
