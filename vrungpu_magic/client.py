@@ -347,6 +347,16 @@ class VrunGPUClient(ModelsClientMixin, KernelsClientMixin):
         params = {k: v for k, v in params.items() if v is not None}
         return self._request("GET", f"/task/{task_id}/logs", params=params)["content"]
 
+    def log_slices(
+        self, task_id: str, stream: str = "all", *, tail: int | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """Each stream's part of the log: ``content``, ``next_offset`` (where `stream` goes on
+        from), ``partial`` (a running task's unfinished last line); ``tail``: last lines."""
+        params = {"stream": stream, "tail": tail}
+        params = {k: v for k, v in params.items() if v is not None}
+        body = self._request("GET", f"/task/{task_id}/logs", params=params)
+        return body["streams"] if stream == "all" else {stream: body}
+
     def files(self, task_id: str) -> list[dict[str, Any]]:
         return self._request("GET", f"/task/{task_id}/files")["files"]
 
