@@ -79,7 +79,8 @@ def run_options(func: F) -> F:
 
 def _options(params: dict[str, Any]) -> dict[str, Any]:
     """The run request's fields from the command's parameters."""
-    chosen = [name for name in ("gpus", "gpu", "cpu") if params[name] not in (None, False)]
+    given = {"gpus": params["gpus"] is not None, "gpu": params["gpu"] is not None}
+    chosen = [name for name, yes in {**given, "cpu": params["cpu"]}.items() if yes]
     if len(chosen) > 1:
         raise click.UsageError(f"give one of --gpus, --gpu, --cpu (got --{', --'.join(chosen)})")
     requirements = params["requirements"]
@@ -139,6 +140,7 @@ def run(ctx: click.Context, **params: Any) -> int:
     view = TerminalView(tty=_tty(sys.stderr))
     task_id = submit_job(client, params, view.upload)
     view.clear()
+    view.note(f"Task {task_id} submitted")
     on_interrupt: OnInterrupt = "ask" if _tty(sys.stdin) else "cancel"
     follower = Follower(client, task_id, view, on_interrupt=on_interrupt)
     try:

@@ -95,12 +95,13 @@ class TerminalView:
     def task(self, task: Task) -> None:
         if not self.show_status or is_terminal(task):  # `finish` says how it ended
             return
-        head = f"Task {task.get('task_id')} {task.get('status')} · {placement(task)}"
-        if self.tty:
+        where = f"{task.get('status')} · {placement(task)}"
+        if self.tty:  # the id was said when submitted: the line keeps to what changes
             progress = float(task.get("progress") or 0)
-            caption = progress_caption(task)
-            self._draw(f"{head} {text_bar(progress / 100)} {progress:3.0f}% {caption}".rstrip())
+            bar = f"{text_bar(progress / 100)} {progress:3.0f}%"
+            self._draw(f"{where} {bar} {progress_caption(task)}".rstrip())
             return
+        head = f"Task {task.get('task_id')} {where}"
         key = (task.get("status"), placement(task), task.get("progress_message"))
         if key != self._shown:
             self._shown = key
