@@ -241,9 +241,10 @@ def _digest(data: bytes) -> str:
 
 def _wheel(folder: Path, name: str) -> Path:
     """A minimal pure-Python wheel of module ``name`` (installs offline)."""
+    metadata = f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n"
     files = {
         f"{name}/__init__.py": b"VALUE = 42\n",
-        f"{name}-0.1.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n".encode(),
+        f"{name}-0.1.dist-info/METADATA": metadata.encode(),
         f"{name}-0.1.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\n"
         b"Root-Is-Purelib: true\nTag: py3-none-any\n",
     }
