@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tests.model_helpers import register_plain
 from tests.support import TOKEN, Gate, GatewayProcess, wait_for
 from vrungpu_magic.cli.terminal import exit_code_for
 
@@ -200,6 +201,25 @@ def test_json_output_parses(vrungpu: Run, tmp_path: Path, gateway: GatewayProces
     assert isinstance(json.loads(vrungpu("models", "--json").stdout), list)
     text = vrungpu("status", task_id)
     assert "completed" in text.stdout and text.returncode == 0
+
+
+def test_predict_prints_the_result_as_json(
+    vrungpu: Run, tmp_path: Path, gateway: GatewayProcess
+) -> None:
+    model = register_plain(gateway.api, "cli-plain", scale=3.0)
+    listed = json.loads(vrungpu("models", "--json", "--name", "cli-plain").stdout)
+    assert [m["model_id"] for m in listed] == [model["model_id"]]
+    source = tmp_path / "input.json"
+    source.write_text(json.dumps({"x": [1, 2]}))
+    res = vrungpu("predict", model["model_id"], str(source), "--cpu")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["y"] == [3.0, 6.0]
+    source.write_text(json.dumps({"x": [1], "fail": "nope"}))
+    failed = vrungpu("predict", model["model_id"], str(source), "--cpu")
+    assert failed.returncode == 1 and len(failed.stderr.splitlines()) == 1, failed.stderr
+    assert "bad input: nope" in failed.stderr
+    source.write_text("{not json")
+    assert vrungpu("predict", model["model_id"], str(source)).returncode == 2
 
 
 def test_errors_are_one_line(vrungpu: Run, cli_env: dict[str, str], tmp_path: Path) -> None:

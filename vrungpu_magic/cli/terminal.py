@@ -102,11 +102,13 @@ class TerminalView:
             self._draw(f"{where} {bar} {progress_caption(task)}".rstrip())
             return
         head = f"Task {task.get('task_id')} {where}"
-        key = (task.get("status"), placement(task), task.get("progress_message"))
+        # a line per change of place and per quarter of progress, not per progress message
+        progress = float(task.get("progress") or 0)
+        key = (task.get("status"), placement(task), int(progress // 25))
         if key != self._shown:
             self._shown = key
-            message = task.get("progress_message")
-            self.note(f"{head}" + (f" · {message}" if message else ""))
+            caption = progress_caption(task) if progress else ""
+            self.note(f"{head}" + (f" · {progress:.0f}% {caption}" if caption else ""))
 
     def output(self, stream: str, lines: Sequence[str]) -> None:
         if stream not in self.streams or not lines:
