@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 import requests
@@ -15,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.support import Api, Gate, GatewayProcess, wait_for
 from vrungpu_gateway.cli import build_parser
 from vrungpu_gateway.engine.events import EventBus
-from vrungpu_gateway.engine.metrics import TaskDurations
+from vrungpu_gateway.engine.metrics import GatewayParts, LiveCollector, Prefetched, TaskDurations
 
 Samples = dict[str, dict[tuple[tuple[str, str], ...], float]]
 
@@ -156,3 +157,17 @@ def test_durations_count_each_run_task_once() -> None:
     durations.unsubscribe()
     bus.publish(_update("d", "completed", "2026-01-01T00:00:00+00:00"))
     assert count("vrungpu_task_duration_seconds_count", {"device": "gpu"}) == 1
+
+
+def test_env_cache_figures_come_from_its_listing() -> None:
+    envs = [{"key": "a", "size_bytes": 300, "last_used": 1.0}, {"key": "b", "size_bytes": 200}]
+    cache = SimpleNamespace(max_bytes=1000, listing=lambda: envs)
+    collector = LiveCollector(cast(GatewayParts, SimpleNamespace(envs=cache)))
+    assert list(collector._envs()) == []  # nothing fetched yet
+    collector.prefetched = Prefetched(envs=cache.listing())
+    figures = {family.name: family.samples[0].value for family in collector._envs()}
+    assert figures == {
+        "vrungpu_env_cache_environments": 2,
+        "vrungpu_env_cache_bytes": 500,
+        "vrungpu_env_cache_max_bytes": 1000,
+    }

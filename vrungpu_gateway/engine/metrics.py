@@ -9,12 +9,13 @@ events on the bus, so it counts the tasks that finished since this gateway start
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
@@ -39,12 +40,21 @@ SEEN_LIMIT = 4096  # terminal task ids remembered, so a repeated update is obser
 StatusCounts = Callable[[], Awaitable[dict[str, int]]]  # terminal status -> tasks stored
 
 
+class EnvCacheSource(Protocol):
+    """The per-job environment cache, as metrics see it (``pyenvs.EnvCache`` fits)."""
+
+    max_bytes: int
+
+    def listing(self) -> list[dict[str, Any]]: ...  # blocking: key, size_bytes, last_used
+
+
 @dataclass
 class Prefetched:
     """What a scrape reads off the event loop before the registry is rendered."""
 
     stored: dict[str, int] = field(default_factory=dict)
     gpus: dict[str, Any] = field(default_factory=dict)
+    envs: list[dict[str, Any]] | None = None  # None: no environment cache
 
 
 @dataclass
@@ -57,6 +67,7 @@ class GatewayParts:
     workers: WorkerPool
     kernels: KernelManager
     version: str
+    envs: EnvCacheSource | None = None
 
 
 class LiveCollector(Collector):
@@ -84,6 +95,7 @@ class LiveCollector(Collector):
         )
         yield self._workers()
         yield _gauge("vrungpu_kernels", "Live remote kernels", len(self.parts.kernels.list()))
+        yield from self._envs()
 
     def _build_info(self) -> Metric:
         info = InfoMetricFamily("vrungpu_build", "The gateway's version and GPU backend")
@@ -155,6 +167,22 @@ class LiveCollector(Collector):
             family.add_metric([state], count)
         return family
 
+    def _envs(self) -> Iterator[Metric]:
+        envs, cache = self.prefetched.envs, self.parts.envs
+        if envs is None or cache is None:
+            return
+        yield _gauge(
+            "vrungpu_env_cache_environments", "Per-job environments built and cached", len(envs)
+        )
+        yield _gauge(
+            "vrungpu_env_cache_bytes",
+            "Disk used by the per-job environment cache",
+            sum(env["size_bytes"] for env in envs),
+        )
+        yield _gauge(
+            "vrungpu_env_cache_max_bytes", "The environment cache's size cap", cache.max_bytes
+        )
+
 
 class TaskDurations:
     """A histogram of run time (start to end) by device, fed by terminal task updates."""
@@ -201,9 +229,11 @@ class GatewayMetrics:
         """The exposition for an ``Accept`` header: (body, content type)."""
         stored = await self._stored()
         gpus = await self.live.parts.monitor.report()
+        cache = self.live.parts.envs
+        envs = await asyncio.to_thread(cache.listing) if cache is not None else None
         encoder, content_type = choose_encoder(accept or "")
         # No await from here on: the collector reads this prefetch and the live state at once.
-        self.live.prefetched = Prefetched(stored=stored, gpus=gpus)
+        self.live.prefetched = Prefetched(stored=stored, gpus=gpus, envs=envs)
         return encoder(self.registry), content_type
 
     def close(self) -> None:
