@@ -188,7 +188,7 @@ def test_cell_runs_with_progress_and_log(
     assert "result 42" in out and "to stderr" in err and "to stderr" not in out
     assert re.search(r"^\[ *\d+%\] step \d .*elapsed", out, re.MULTILINE)  # progress lines
     assert "completed in" in out and "(return code 0)" in out
-    task = api.get("/tasks").json()["tasks"][0]
+    task = api.get("/tasks").json()[0]
     assert (task["name"], task["status"], task["timeout"]) == ("magic-run", "completed", 60)
 
 
@@ -212,7 +212,7 @@ def test_env_args_gpu_and_priority_reach_the_job(
     line = "%%vrungpu --gpu 1 --priority 5 --env GREETING=hello X=1 --args --lr 0.1"
     assert run(shell, f"{line}\n{code}").success
     assert "env hello argv ['--lr', '0.1']" in capsys.readouterr().out
-    task = api.get("/tasks").json()["tasks"][0]
+    task = api.get("/tasks").json()[0]
     assert (task["gpu_ids"], task["priority"]) == ([1], 5)
 
 

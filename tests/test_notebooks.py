@@ -106,7 +106,7 @@ def test_quickstart_notebook_in_text_mode(
     attach = text_of(cell_starting(nb, "%vrungpu attach"))
     assert "[PROGRESS:16:tick 1/6]" in attach and "completed in" in attach
     assert "quickstart-hello" in text_of(cell_starting(nb, "%vrungpu tasks"))
-    statuses = {t["name"]: t["status"] for t in api.get("/tasks").json()["tasks"]}
+    statuses = {t["name"]: t["status"] for t in api.get("/tasks").json()}
     assert statuses == {
         "quickstart-hello": "completed",
         "quickstart-progress": "completed",
@@ -270,7 +270,7 @@ def kernels(gateway: GatewayProcess, tmp_path: Path) -> Iterator[Callable[[str],
 
 
 def running_task(api: Api) -> str:
-    tasks = wait_for(lambda: api.get("/tasks", params={"status": "running"}).json()["tasks"], 30)
+    tasks = wait_for(lambda: api.get("/tasks", params={"status": "running"}).json(), 30)
     assert len(tasks) == 1
     return tasks[0]["task_id"]
 

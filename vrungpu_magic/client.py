@@ -321,7 +321,7 @@ class VrunGPUClient(ModelsClientMixin, KernelsClientMixin):
     ) -> list[dict[str, Any]]:
         params = {"status": status, "limit": limit, "offset": offset, **filters}
         params = {k: v for k, v in params.items() if v is not None}
-        return self._request("GET", "/tasks", params=params)["tasks"]
+        return self._request("GET", "/tasks", params=params)  # the seed's bare list
 
     def cancel(self, task_id: str) -> dict[str, Any]:
         return self._request("POST", f"/task/{task_id}/cancel")

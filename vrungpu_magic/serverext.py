@@ -33,8 +33,8 @@ CONNECT_TIMEOUT_S = 5.0
 REQUEST_TIMEOUT_S = 300.0
 # Request headers passed on to the gateway; Jupyter's cookies and auth are not.
 FORWARD_REQUEST_HEADERS = ("Content-Type", "Accept")
-# Response headers passed back (downloads need their name and type).
-FORWARD_RESPONSE_HEADERS = ("Content-Disposition", "Cache-Control")
+# Response headers passed back (downloads need their name and type; listings their total).
+FORWARD_RESPONSE_HEADERS = ("Content-Disposition", "Cache-Control", "X-Total-Count")
 MAX_WS_MESSAGE_BYTES = 64 * 1024 * 1024
 
 ConnectionSource = Callable[[], Connection]

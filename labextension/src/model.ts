@@ -150,7 +150,7 @@ export class VrunGPUModel {
       ]);
       this._gpus = gpu.devices ?? [];
       this._gpuError = gpu.error ?? null;
-      this._replaceTasks(list.tasks ?? []);
+      this._replaceTasks(list ?? []);
       this._loaded = true;
       this._error = null;
       this._failures = 0;

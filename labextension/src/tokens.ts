@@ -69,11 +69,8 @@ export interface ITask {
   queue_position?: number | null;
 }
 
-/** `GET /tasks`. */
-export interface ITaskList {
-  tasks: ITask[];
-  total: number;
-}
+/** `GET /tasks`: a bare array, as the seed server answers (the total is a header). */
+export type ITaskList = ITask[];
 
 /** `GET /task/{id}/logs`. */
 export interface ITaskLogs {

@@ -150,7 +150,8 @@ PATHS: dict[str, dict[str, Any]] = {
     },
     "/tasks": {
         "get": _op(
-            "List tasks, newest first",
+            "List tasks, newest first: a bare JSON array (as the seed server); the total in "
+            "X-Total-Count, the other pages in Link (rel next/prev/first/last)",
             params=[
                 _q("status"),
                 _q("task_type"),

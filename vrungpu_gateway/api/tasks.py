@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import functools
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from vrungpu_gateway.api.base import BaseHandler
 from vrungpu_gateway.api.schemas import parse_code, parse_task_spec
@@ -67,7 +68,12 @@ class TaskListHandler(BaseHandler):
         items, total = await self.gateway.tasks.list_tasks(
             status=status, task_type=task_type, device=device, limit=limit, offset=offset
         )
-        self.write_json({"tasks": items, "total": total, "limit": limit, "offset": offset})
+        # The seed's bare list; the total and the neighbouring pages go in headers.
+        self.set_header("X-Total-Count", str(total))
+        links = page_links(self.request.full_url(), total=total, limit=limit, offset=offset)
+        if links:
+            self.set_header("Link", links)
+        self.write_json(items)
 
     def _choice(self, name: str, allowed: set[str]) -> str | None:
         value = self.get_query_argument(name, None)
@@ -76,6 +82,25 @@ class TaskListHandler(BaseHandler):
         if value not in allowed:
             raise InvalidRequest(f"{name} must be one of {', '.join(sorted(allowed))}")
         return value
+
+
+def page_links(url: str, *, total: int, limit: int, offset: int) -> str:
+    """RFC 8288 ``Link`` header with the next/prev/first/last pages of a listing."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    last = max(0, (total - 1) // limit * limit)
+    pages = {"first": 0, "last": last}
+    if offset + limit < total:
+        pages["next"] = offset + limit
+    if offset > 0:
+        pages["prev"] = max(0, offset - limit)
+    links = []
+    for rel, start in pages.items():
+        target = urlunsplit(
+            parts._replace(query=urlencode({**query, "limit": limit, "offset": start}))
+        )
+        links.append(f'<{target}>; rel="{rel}"')
+    return ", ".join(links) if total else ""
 
 
 class TaskCancelHandler(BaseHandler):

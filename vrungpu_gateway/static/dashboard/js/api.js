@@ -65,7 +65,19 @@ export function onAuthFailure(listener) {
 }
 
 /** fetch + JSON with our token; throws ApiError carrying the gateway's `detail`. */
-export async function api(path, { method = "GET", json, body, headers = {}, signal } = {}) {
+export async function api(path, options = {}) {
+  return (await request(path, options)).payload;
+}
+
+/** A listing that answers a bare array with its total in `X-Total-Count` (`GET /tasks`). */
+export async function apiList(path, options = {}) {
+  const { payload, res } = await request(path, options);
+  const total = Number(res.headers.get("X-Total-Count"));
+  const counted = res.headers.has("X-Total-Count") && Number.isFinite(total);
+  return { items: payload, total: counted ? total : payload.length };
+}
+
+async function request(path, { method = "GET", json, body, headers = {}, signal } = {}) {
   const init = { method, headers: { ...headers }, signal, cache: "no-store" };
   if (auth.token) init.headers.Authorization = `token ${auth.token}`;
   if (json !== undefined) {
@@ -87,7 +99,7 @@ export async function api(path, { method = "GET", json, body, headers = {}, sign
     if (res.status === 401) authListeners.forEach((listener) => listener(error));
     throw error;
   }
-  return payload;
+  return { payload, res };
 }
 
 async function readJson(res) {

@@ -103,9 +103,9 @@ export function mountOverview(root, ctx) {
   const refreshStatsSoon = debounce(() => refreshStats().catch(reportError), 400);
 
   async function refreshRecent() {
-    const data = await api("/tasks?limit=6");
-    data.tasks.forEach((t) => ctx.tasks.set(t.task_id, t));
-    recent.render(data.tasks);
+    const tasks = await api("/tasks?limit=6");
+    tasks.forEach((t) => ctx.tasks.set(t.task_id, t));
+    recent.render(tasks);
   }
   const refreshRecentSoon = debounce(() => refreshRecent().catch(reportError), 300);
 

@@ -1,6 +1,6 @@
 // The task table (also used on the overview) and the Tasks view: filters, paging, live rows.
 
-import { api } from "./api.js";
+import { api, apiList } from "./api.js";
 import {
   STATUSES, clear, debounce, deviceLabel, every, fmtAgo, fmtDuration, h, isLive,
   progressBar, reportError, resultSummary, shortId, statusBadge, taskDuration, toast,
@@ -176,18 +176,18 @@ export function mountTasks(root, ctx) {
     if (filters.status) query.set("status", filters.status);
     if (filters.device) query.set("device", filters.device);
     const ticket = ++asked;
-    const data = await api(`/tasks?${query}`);
+    const data = await apiList(`/tasks?${query}`);
     if (ticket !== asked) return;
-    total = data.total ?? data.tasks.length;
+    total = data.total;
     if (filters.offset > 0 && filters.offset >= total) {
       filters.offset = Math.max(0, Math.floor((total - 1) / filters.limit) * filters.limit);
       return refresh();
     }
-    data.tasks.forEach((t) => ctx.tasks.set(t.task_id, t));
-    table.render(data.tasks, { highlight });
+    data.items.forEach((t) => ctx.tasks.set(t.task_id, t));
+    table.render(data.items, { highlight });
     highlight = null;
     const first = total ? filters.offset + 1 : 0;
-    const last = Math.min(filters.offset + data.tasks.length, total);
+    const last = Math.min(filters.offset + data.items.length, total);
     pageInfo.textContent = `${first}–${last} of ${total}`;
     table.el.dataset.query = query.toString(); // what the rows show (tests wait on it)
     prev.disabled = filters.offset === 0;
