@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from vrungpu_magic.cli.common import client_of, json_option, print_json, print_text
+from vrungpu_magic.cli.common import client_of, json_option, print_json, show
 from vrungpu_magic.render import Column, Table, fmt_duration, format_gpus, model_table, placement
 
 KERNEL_COLUMNS: list[Column] = [
@@ -27,12 +27,8 @@ KERNEL_COLUMNS: list[Column] = [
 def gpus(ctx: click.Context, as_json: bool) -> int:
     """The GPUs: utilisation, memory and the task holding each."""
     client = client_of(ctx)
-    info, pool = client.get_gpu_info(), client.get_gpu_pool()
-    if as_json:
-        print_json({"gpu": info, "pool": pool})
-    else:
-        print_text(format_gpus(info, pool))
-    return 0
+    both = {"gpu": client.get_gpu_info(), "pool": client.get_gpu_pool()}
+    return show(both, as_json, lambda d: format_gpus(d["gpu"], d["pool"]))
 
 
 @click.command()
@@ -41,12 +37,7 @@ def gpus(ctx: click.Context, as_json: bool) -> int:
 @click.pass_context
 def models(ctx: click.Context, name: str | None, as_json: bool) -> int:
     """The model registry, newest first."""
-    found = client_of(ctx).list_models(name=name)
-    if as_json:
-        print_json(found)
-    else:
-        print_text(model_table(found))
-    return 0
+    return show(client_of(ctx).list_models(name=name), as_json, model_table)
 
 
 def _read_input(source: click.File) -> Any:
@@ -88,11 +79,7 @@ def kernels(ctx: click.Context, as_json: bool) -> int:
     """The live remote kernels (sessions first)."""
     found = client_of(ctx).list_kernels()
     found.sort(key=lambda k: (k.get("session") is None, k.get("session") or ""))
-    if as_json:
-        print_json(found)
-    else:
-        print_text(Table(found, KERNEL_COLUMNS, "No kernels."))
-    return 0
+    return show(found, as_json, lambda rows: Table(rows, KERNEL_COLUMNS, "No kernels."))
 
 
 COMMANDS = [gpus, models, predict, kernels]

@@ -50,6 +50,15 @@ def print_text(text: object) -> None:
     click.echo(text if isinstance(text, str) else repr(text))
 
 
+def show(data: Any, as_json: bool, as_text: Callable[[Any], object]) -> int:
+    """Print ``data`` as JSON or as ``as_text(data)`` says; exit status 0."""
+    if as_json:
+        print_json(data)
+    else:
+        print_text(as_text(data))
+    return 0
+
+
 def error_line(exc: VrunGPUError) -> str:
     """A gateway failure as the one line the terminal shows, with a hint where one helps."""
     line = f"vrungpu: {exc}"

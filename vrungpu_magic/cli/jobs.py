@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import click
 
-from vrungpu_magic.cli.common import client_of, json_option, print_json, print_text
+from vrungpu_magic.cli.common import client_of, json_option, show
 from vrungpu_magic.cli.terminal import (
     STREAMS,
     Follower,
@@ -191,10 +191,10 @@ def logs(ctx: click.Context, task_id: str, follow: bool, tail: int | None, strea
 @click.pass_context
 def status(ctx: click.Context, task_id: str, as_json: bool) -> int:
     """A task's status, placement, progress and result."""
-    task = client_of(ctx).get_task_status(task_id)
-    if as_json:
-        print_json(task)
-        return 0
+    return show(client_of(ctx).get_task_status(task_id), as_json, _task_text)
+
+
+def _task_text(task: dict[str, Any]) -> str:
     rows = [
         ("task", task.get("task_id")),
         ("name", task.get("name")),
@@ -206,8 +206,7 @@ def status(ctx: click.Context, task_id: str, as_json: bool) -> int:
         ("return code", task.get("return_code")),
         ("error", task.get("error")),
     ]
-    print_text("\n".join(f"{k + ':':13} {v}" for k, v in rows if v not in (None, "")))
-    return 0
+    return "\n".join(f"{k + ':':13} {v}" for k, v in rows if v not in (None, ""))
 
 
 @click.command(name="ls")
@@ -217,12 +216,7 @@ def status(ctx: click.Context, task_id: str, as_json: bool) -> int:
 @click.pass_context
 def list_tasks(ctx: click.Context, status_: str | None, limit: int, as_json: bool) -> int:
     """The latest tasks, newest first."""
-    tasks = client_of(ctx).list_tasks(status=status_, limit=limit)
-    if as_json:
-        print_json(tasks)
-    else:
-        print_text(task_table(tasks))
-    return 0
+    return show(client_of(ctx).list_tasks(status=status_, limit=limit), as_json, task_table)
 
 
 @click.command()
@@ -232,11 +226,7 @@ def list_tasks(ctx: click.Context, status_: str | None, limit: int, as_json: boo
 def cancel(ctx: click.Context, task_id: str, as_json: bool) -> int:
     """Cancel a queued or running task."""
     result = client_of(ctx).cancel(task_id)
-    if as_json:
-        print_json(result)
-    else:
-        print_text(f"Cancelled task {task_id} (now {result.get('status')})")
-    return 0
+    return show(result, as_json, lambda r: f"Cancelled task {task_id} (now {r.get('status')})")
 
 
 COMMANDS = [run, submit, logs, status, list_tasks, cancel]
