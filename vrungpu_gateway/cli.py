@@ -165,6 +165,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="kernels kept started (with --preload imported, no GPU yet) so a new kernel "
         "answers at once (default 0)",
     )
+    p.add_argument(
+        "--env-cache-mb",
+        type=float,
+        default=float(_env("ENV_CACHE_MB", str(d.env_cache_mb)) or 0),
+        help="disk kept for per-job environments (requests with requirements) under "
+        "DATA_DIR/envs; the least recently used unused ones go first (default 20480)",
+    )
+    p.add_argument(
+        "--uv",
+        default=_env("UV"),
+        help="the uv binary that builds per-job environments (default: the one installed "
+        "with the gateway, else uv on PATH)",
+    )
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"), help="logging level")
     p.add_argument("--version", action="version", version=f"vrungpu-gateway {__version__}")
     return p
@@ -194,6 +207,8 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         kernel_queue_timeout_s=args.kernel_queue_timeout,
         max_kernels=args.max_kernels,
         prespawn_kernels=args.prespawn_kernels,
+        env_cache_mb=args.env_cache_mb,
+        uv=args.uv,
     )
 
 

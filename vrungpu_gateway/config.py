@@ -46,6 +46,8 @@ class GatewayConfig:
     kernel_queue_timeout_s: float = 30.0
     max_kernels: int = 8
     prespawn_kernels: int = 0
+    env_cache_mb: float = 20480.0  # per-job environments (requirements) kept under data/envs
+    uv: str | None = None  # the uv binary; None: the one installed with the gateway
 
     def check(self) -> None:
         """Refuse unsafe or impossible combinations with one clear line."""
@@ -72,6 +74,8 @@ class GatewayConfig:
             raise ValueError("--kernel-queue-timeout must be > 0")
         if self.max_kernels < 1:
             raise ValueError("--max-kernels must be >= 1")
+        if self.env_cache_mb <= 0:
+            raise ValueError("--env-cache-mb must be > 0")
         if self.prespawn_kernels < 0:
             raise ValueError("--prespawn-kernels must be >= 0")
         if not (0 <= self.port <= 65535):

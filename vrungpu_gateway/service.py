@@ -19,6 +19,7 @@ from vrungpu_gateway.engine.kernels import KernelLauncher, KernelManager, Kernel
 from vrungpu_gateway.engine.layout import DataLayout
 from vrungpu_gateway.engine.manager import TaskManager
 from vrungpu_gateway.engine.metrics import GatewayMetrics, GatewayParts
+from vrungpu_gateway.engine.pyenvs import EnvCache, find_uv
 from vrungpu_gateway.engine.registry import ModelRegistry
 from vrungpu_gateway.engine.runner import DetachedRunner, Runner, WarmSpawner
 from vrungpu_gateway.engine.scheduler import Scheduler
@@ -98,6 +99,12 @@ class Gateway:
             zygote=warm,
             pace=lambda: bus.room(timeout_s=PACE_TIMEOUT_S),
         )
+        envs = EnvCache(
+            root=layout.root / "envs",
+            python=config.python,
+            uv=config.uv or find_uv(),
+            max_bytes=int(config.env_cache_mb * 2**20),
+        )
         tasks = TaskManager(
             db=db,
             scheduler=scheduler,
@@ -106,6 +113,7 @@ class Gateway:
             layout=layout,
             python=config.python,
             kill_grace_s=config.kill_grace_s,
+            envs=envs,
         )
         workers = WorkerPool(
             tasks=tasks,
@@ -175,6 +183,8 @@ class Gateway:
     async def start(self) -> None:
         if self.warm is not None:
             await self.warm.start()
+        if self.tasks.envs is not None:
+            await self.tasks.envs.start()
         await self.models.recover()
         await self.kernels.recover()  # before tasks: adopted kernels keep their GPUs
         await self.tasks.recover()
@@ -187,6 +197,8 @@ class Gateway:
         self.tasks.drain()  # slots that kernels free now must not start queued work
         await self.kernels.close(on_stop=self.config.on_stop)
         await self.tasks.shutdown(on_stop=self.config.on_stop)
+        if self.tasks.envs is not None:  # builds still going: their tasks build at next start
+            await self.tasks.envs.close()
         await self.workers.close()
         if self.warm is not None:
             await self.warm.close()

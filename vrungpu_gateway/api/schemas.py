@@ -12,6 +12,7 @@ from typing import Any
 
 from vrungpu_gateway.engine.errors import InvalidRequest
 from vrungpu_gateway.engine.manager import TaskSpec
+from vrungpu_gateway.engine.pyenvs import parse_requirements_text, validate_requirements
 from vrungpu_gateway.protocol import Device
 
 MAX_TIMEOUT_S = 7 * 24 * 3600
@@ -87,6 +88,18 @@ def _env(value: Any, *, coerce: bool) -> dict[str, str]:
     return value
 
 
+def _requirements(value: Any, *, coerce: bool) -> list[str]:
+    """A JSON list of strings; a form field may also hold requirements.txt text."""
+    if coerce and isinstance(value, str):
+        if not value.strip().startswith("["):
+            return parse_requirements_text(value, where="requirements")
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise InvalidRequest("requirements must be a JSON list of strings") from None
+    return validate_requirements(value)
+
+
 def parse_task_spec(
     body: dict[str, Any], *, default_timeout_s: float, form: bool = False
 ) -> TaskSpec:
@@ -112,6 +125,8 @@ def parse_task_spec(
         spec["env"] = _env(body["env"], coerce=coerce)
     if body.get("args") not in (None, ""):
         spec["args"] = _list_of_str(body["args"], "args", coerce=coerce)
+    if body.get("requirements") is not None:
+        spec["requirements"] = _requirements(body["requirements"], coerce=coerce)
     if body.get("save_model") not in (None, ""):
         spec["save_model"] = _bool(body["save_model"], "save_model", coerce=coerce)
     if body.get("model_name") not in (None, ""):

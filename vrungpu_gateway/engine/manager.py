@@ -22,6 +22,7 @@ from vrungpu_gateway.engine.events import EventBus
 from vrungpu_gateway.engine.layout import DataLayout
 from vrungpu_gateway.engine.logs import Line
 from vrungpu_gateway.engine.progress import Progress
+from vrungpu_gateway.engine.pyenvs import Env, EnvBuildError, EnvCache, read_requirements_file
 from vrungpu_gateway.engine.runner import (
     DetachedRunner,
     JobExit,
@@ -65,6 +66,7 @@ class TaskSpec:
     model_name: str | None = None
     task_type: TaskType = TaskType.TRAINING
     model_id: str | None = None
+    requirements: list[str] | None = None  # None: a project's requirements.txt, if any
 
 
 @dataclass
@@ -72,6 +74,7 @@ class LiveTask:
     record: TaskRecord
     done: asyncio.Event = field(default_factory=asyncio.Event)
     supervisor: Supervisor | None = None
+    preparing: asyncio.Future[Env | None] | None = None  # its environment being built
     updates: Throttle | None = None
     persist: Throttle | None = None
 
@@ -87,8 +90,10 @@ class TaskManager:
         layout: DataLayout,
         python: str,
         kill_grace_s: float,
+        envs: EnvCache | None = None,
     ) -> None:
         self.db = db
+        self.envs = envs  # per-job environments (requirements); None: every job on the base
         self.scheduler = scheduler
         self.runner = runner
         self.bus = bus
@@ -132,6 +137,7 @@ class TaskManager:
         user_env = validate_user_env(spec.env)
         workspace = self.layout.workspace(task_id)
         entry_point = await asyncio.to_thread(prepare, workspace)
+        requirements = await self._requirements(spec, workspace, entry_point)
         record = TaskRecord(
             task_id=task_id,
             status=TaskStatus.PENDING,
@@ -150,6 +156,10 @@ class TaskManager:
             model_id=spec.model_id,
         )
         try:
+            if requirements and self.envs is not None:
+                await asyncio.to_thread(
+                    self.envs.remember, task_id=task_id, requirements=requirements
+                )
             await self.db.run(repo.save_task, self.db, record)
         except Exception:
             await asyncio.to_thread(remove_workspace, workspace)
@@ -157,6 +167,21 @@ class TaskManager:
         log.info("task %s: submitted (%s, priority %s)", task_id, device, spec.priority)
         self._enqueue(record, request)
         return record
+
+    async def _requirements(self, spec: TaskSpec, workspace: Path, entry_point: str) -> list[str]:
+        """What the job's own environment holds: the request's list, else the project's file."""
+        if self.envs is None or spec.task_type in self.pooled_runners:
+            if spec.requirements:
+                raise InvalidRequest("requirements are not supported for this kind of task")
+            return []
+        if spec.requirements is not None:
+            return spec.requirements
+        try:
+            found = await asyncio.to_thread(read_requirements_file, workspace, entry_point)
+        except Exception:
+            await asyncio.to_thread(remove_workspace, workspace)
+            raise
+        return found or []
 
     def _enqueue(self, record: TaskRecord, request: Request) -> None:
         self._live[record.task_id] = LiveTask(record)
@@ -189,7 +214,11 @@ class TaskManager:
             self._mark_running(record, assignment.gpu_ids)
         live.updates = Throttle(UPDATE_INTERVAL_S, lambda: self._publish(record))
         live.persist = Throttle(PERSIST_INTERVAL_S, lambda: self._persist(record))
-        supervisor = self._supervisor(live, assignment.gpu_ids, adopted=adopted)
+        prepared = await self._environment(live, adopted=adopted)
+        if isinstance(prepared, Outcome):
+            await self._complete(live, prepared)
+            return
+        supervisor = self._supervisor(live, assignment.gpu_ids, adopted=adopted, pyenv=prepared)
         live.supervisor = supervisor
         try:
             outcome = await supervisor.run()
@@ -204,17 +233,57 @@ class TaskManager:
         except Exception:  # the store gave up after its retries; the slot is free again
             log.exception("task %s: could not record its end (%s)", record.task_id, outcome)
 
+    async def _environment(self, live: LiveTask, *, adopted: bool) -> Env | Outcome | None:
+        """The pre-run phase: the job's own environment, built (shown in its log and
+        ``progress_message``) or taken from the cache; None: it runs on the base interpreter."""
+        record = live.record
+        if self.envs is None or record.task_type in self.pooled_runners:
+            return None
+        if adopted:
+            await self.envs.pin(task_id=record.task_id)
+            return None  # the job runs already; only its environment's use is recorded
+        stderr = logfiles.OutputStream(
+            logfiles.log_path(self.layout.logs, record.task_id, "stderr"),
+            "stderr",
+            lambda lines: self._output(record, lines),
+            lambda _: None,
+        )
+        phase = lambda message: self._progress(live, Progress(record.progress, message))  # noqa: E731
+        live.preparing = asyncio.ensure_future(
+            self.envs.acquire(task_id=record.task_id, on_output=stderr.feed, on_phase=phase)
+        )
+        try:
+            return await live.preparing
+        except EnvBuildError as exc:
+            return Outcome(None, FailureReason.SPAWN_ERROR, str(exc))
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the gateway stops: the task runs at its next start
+            return Outcome(None, FailureReason.CANCELLED, "Cancelled by request")
+        finally:
+            live.preparing = None
+            stderr.close()
+            record.progress_message = None
+
     def _supervisor(
-        self, live: LiveTask, gpu_ids: tuple[int, ...], *, adopted: bool = False
+        self,
+        live: LiveTask,
+        gpu_ids: tuple[int, ...],
+        *,
+        adopted: bool = False,
+        pyenv: Env | None = None,
     ) -> Supervisor:
         record = live.record
         workspace = self.layout.workspace(record.task_id)
         env = job_environment(
             task_id=record.task_id, workspace=str(workspace), gpu_ids=gpu_ids, user_env=record.env
         )
+        if pyenv is not None:  # a cold start: the warm zygote runs the base interpreter only
+            env = pyenv.job_env(env)
         spec = JobSpec(
             record.task_id,
-            [self.python, "-u", record.entry_point, *record.args],
+            [pyenv.python if pyenv else self.python, "-u", record.entry_point, *record.args],
             workspace,
             env,
             timeout_s=record.timeout,
@@ -304,6 +373,10 @@ class TaskManager:
             self._live.pop(record.task_id, None)
             self._publish(record)
             live.done.set()
+            if self.envs is not None:
+                release = asyncio.create_task(self.envs.release(task_id=record.task_id))
+                self._jobs.add(release)
+                release.add_done_callback(self._jobs.discard)
         log.info("task %s: %s (%s)", record.task_id, status.value, record.error or "ok")
 
     # -- state changes and their echoes ---------------------------------------------------------
@@ -453,6 +526,8 @@ class TaskManager:
             return record
         if live.supervisor is not None:
             live.supervisor.cancel()
+        elif live.preparing is not None:
+            live.preparing.cancel()
         await live.done.wait()
         return live.record
 
@@ -555,6 +630,8 @@ class TaskManager:
             for live_task in self._live.values():
                 if live_task.supervisor is not None:
                     live_task.supervisor.cancel()
+                elif live_task.preparing is not None:
+                    live_task.preparing.cancel()
         else:
             for job in self._jobs:
                 job.cancel()
