@@ -13,8 +13,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from hatch_jupyter_builder import npm_builder as _npm_builder
-
 
 def is_production_build(build_dir: str | Path) -> bool:
     """A production build has third-party licenses, and no source maps nor build log."""
@@ -27,8 +25,10 @@ def is_production_build(build_dir: str | Path) -> bool:
 
 
 def npm_builder(target_name: str, version: str, **kwargs: Any) -> None:
+    from hatch_jupyter_builder import npm_builder as build  # the hook's build dependency
+
     build_dir = kwargs.get("build_dir")
     exists = bool(build_dir) and Path(build_dir).exists()
     if version == "standard" and exists and not is_production_build(build_dir):
         kwargs["force"] = True
-    _npm_builder(target_name, version, **kwargs)
+    build(target_name, version, **kwargs)
