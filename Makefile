@@ -3,6 +3,8 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 ARGS ?=
+# What `make serve` installs: the gateway; EXTRAS=gateway,torch adds torch for the examples.
+EXTRAS ?= gateway
 
 .PHONY: serve test lint install install-test browser
 
@@ -11,7 +13,7 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 install: $(BIN)/python
-	$(BIN)/pip install -q -e ".[gateway]"
+	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
 
 install-test: $(BIN)/python
 	$(BIN)/pip install -q -e ".[test]"

@@ -33,6 +33,8 @@ GATEWAY_ONLY = (
     "zmq",
     "jupyter_client",
     "ipykernel",
+    "prometheus_client",
+    "uv",
 )
 LABEXT = "share/jupyter/labextensions/vrungpu-labext"
 
