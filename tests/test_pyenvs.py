@@ -174,14 +174,9 @@ def test_concurrent_jobs_build_once_and_a_cancel_during_the_build_ends_only_its_
     requirements = [gated_project(tmp_path / "gatedpkg", gate), PKG]
     code = "import gatedpkg, vrtestpkg\nprint(gatedpkg.VALUE, vrtestpkg.VALUE)\n"
     ids = [gw.api.submit(code, requirements=requirements) for _ in range(3)]
+    phase = "installing requirements (2 packages)"
     for task_id in ids:  # all three wait on the one build
-        wait_for(
-            lambda t=task_id: (
-                gw.api.task(t)["progress_message"] == "installing requirements (2 packages)"
-            ),
-            60,
-            what="the build phase",
-        )
+        wait_for(lambda: gw.api.task(task_id)["progress_message"] == phase, 60, what=phase)  # noqa: B023
     cancelled = gw.api.post(f"/task/{ids[2]}/cancel").json()
     assert cancelled["status"] == "cancelled"
     gate.open()
@@ -210,7 +205,12 @@ def test_the_least_recently_used_unused_environment_goes_first_and_one_in_use_st
     gw = envs_gateway(data_dir=data, extra=("--env-cache-mb", str(one_fits)))
     assert env_dirs(gw) == {key_a}  # over the cap at start: b went
     running = gw.api.submit(gate.code + USES_PKG, requirements=[f"{PKG}>=2"])
-    (key_c,) = wait_for(lambda: (d := env_dirs(gw)) and key_a not in d and d, 120, what="c")
+
+    def only_c() -> set[str]:
+        found = env_dirs(gw)
+        return found if key_a not in found else set()
+
+    (key_c,) = wait_for(only_c, 120, what="a evicted for c")
     assert gw.api.task(running)["status"] == "running"
     assert key_c not in (key_a, key_b)  # a (unused) evicted for c, which is in use
     gate.open()
@@ -277,3 +277,16 @@ def test_a_projects_requirements_txt_is_used_unless_the_request_gives_some(
     res = api.post("/run/project", files={"file": ("p.zip", buf.getvalue())}, data=fields)
     task = api.wait_status(res.json()["task_id"], "completed", "failed", timeout_s=180)
     assert "value 42" in task["stdout"], task
+
+
+def test_the_magic_sends_a_requirements_files_lines(tmp_path: Path) -> None:
+    from IPython.core.error import UsageError
+
+    from vrungpu_magic.magic import RUN_PARSER, _parse, _run_request
+
+    path = tmp_path / "requirements.txt"
+    path.write_text(f"# for the job\n{PKG}==1.0  # pinned\n\nnumpy\n")
+    args = _parse(RUN_PARSER, ["--cpu", "--requirements", str(path)])
+    assert _run_request(args, "print(1)").options["requirements"] == [f"{PKG}==1.0", "numpy"]
+    with pytest.raises(UsageError, match="--requirements"):
+        _run_request(_parse(RUN_PARSER, ["--requirements", str(tmp_path / "no")]), "print(1)")

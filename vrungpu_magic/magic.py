@@ -38,8 +38,10 @@ from vrungpu_magic.sessions import Sessions, names_session, parse_env, placement
 WIDGET_MODES = ["auto", "on", "off"]
 HELP = """\
 %%vrungpu [--gpu N] [--gpus K] [--cpu] [--timeout S] [--name X] [--priority P] [--async]
-          [--dir PATH [--entry FILE]] [--env K=V ...] [--out NAME] [--args ...]
-    run the cell on the gateway; with --dir, the folder PATH (zipped, .vrungpuignore applied)
+          [--dir PATH [--entry FILE]] [--env K=V ...] [--requirements FILE] [--out NAME]
+          [--args ...]
+    run the cell on the gateway; with --dir, the folder PATH (zipped, .vrungpuignore applied);
+    --requirements: the job runs in an environment with these packages (built once, cached)
 %vrungpu --dir PATH [--entry FILE] [options]  run a folder from a line magic
 %vrungpu connect URL [--token T] [--save]   connect (and save to the config file)
 %vrungpu tasks [--status S] [--limit N]     the task table
@@ -91,6 +93,7 @@ RUN_PARSER = _parser(
     (("--dir",), {"metavar": "PATH", "help": "run this project folder instead of the cell"}),
     (("--entry",), {"metavar": "FILE", "help": "the folder's entry point (default main.py)"}),
     (("--env",), {"nargs": "+", "action": "extend", "default": [], "metavar": "K=V"}),
+    (("--requirements",), {"metavar": "FILE", "help": "a requirements.txt for the job's env"}),
     (("--out",), {"metavar": "NAME", "help": "store the task handle in this variable"}),
     (("--args",), {"nargs": argparse.REMAINDER, "default": [], "help": "job arguments (last)"}),
 )
@@ -204,6 +207,7 @@ def _run_request(args: argparse.Namespace, cell: str | None) -> _RunRequest:
         "priority": args.priority,
         "env": env or None,
         "args": args.args or None,
+        "requirements": _requirements(args.requirements),
     }
     options = {k: v for k, v in options.items() if v is not None}
     if args.dir is None:
@@ -213,6 +217,19 @@ def _run_request(args: argparse.Namespace, cell: str | None) -> _RunRequest:
             raise UsageError("%%vrungpu: nothing to run: write code in the cell, or give --dir")
         return _RunRequest(cell, None, "main.py", options)
     return _folder_request(args, cell, options)
+
+
+def _requirements(path: str | None) -> list[str] | None:
+    """The lines of a requirements file (comments and blank lines dropped), sent as they are:
+    the gateway builds the job's environment from them."""
+    if path is None:
+        return None
+    try:
+        text = Path(path).expanduser().read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"%%vrungpu: --requirements {path}: {exc.strerror or exc}") from None
+    lines = (line.split(" #", 1)[0].strip() for line in text.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
 
 
 def _folder_request(
