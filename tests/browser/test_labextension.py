@@ -121,7 +121,8 @@ def test_proxy_requires_jupyter_auth(lab: JupyterProcess) -> None:
 
 def test_proxy_passes_query_body_and_errors(lab: JupyterProcess, gateway: GatewayProcess) -> None:
     listed = lab.get("vrungpu/api/tasks?limit=1", headers=lab.auth)
-    assert listed.status_code == 200 and set(listed.json()) >= {"tasks", "total"}
+    assert listed.status_code == 200 and isinstance(listed.json(), list)
+    assert listed.headers["X-Total-Count"].isdigit()  # the proxy passes the listing's total
     submitted = requests.post(
         lab.url + "vrungpu/api/run/async",
         json={"code": "print('via the jupyter proxy')", "name": "proxied", "timeout": 60},
