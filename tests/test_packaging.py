@@ -140,7 +140,8 @@ def test_gateway_command_without_its_dependencies_says_what_to_install(
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The wheel of this checkout, built once (as `pip wheel .`: isolated build env, jlpm)."""
+    """The wheel of this checkout, built once, as `pip wheel .` builds it (isolated build env;
+    jlpm rebuilds vrungpu_magic/labextension in place when it is stale or a development build)."""
     out = tmp_path_factory.mktemp("wheel")
     _ok(_run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(REPO)]))
     [built] = out.glob("vrungpu-*.whl")
