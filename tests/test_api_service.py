@@ -161,3 +161,26 @@ def test_docs_page_renders_the_spec(api: Api) -> None:
     page = api.get("/docs")
     assert page.status_code == 200 and "text/html" in page.headers["Content-Type"]
     assert "openapi.json" in page.text and "cdn" not in page.text.lower()
+
+
+def test_the_documented_wire_shapes_are_what_the_api_sends(api: Api, tmp_path) -> None:
+    """The OpenAPI schemas are generated from vrungpu_gateway/wire.py; the answers match them."""
+    schemas = api.get("/openapi.json").json()["components"]["schemas"]
+
+    def fields(name: str) -> set[str]:
+        return set(schemas[name]["properties"])
+
+    done = api.post("/run/sync", json={"code": "print('shape')"}).json()
+    assert set(done) == fields("TaskDetail")
+    assert set(api.get(f"/task/{done['task_id']}").json()) == fields("TaskDetail")
+    assert set(api.get("/tasks").json()[0]) == fields("Task")
+    accepted = api.post("/run/async", json={"code": "print(1)"}).json()
+    assert set(accepted) == fields("TaskAccepted")
+    api.wait_status(accepted["task_id"], "completed")
+    (tmp_path / "m.pt").write_bytes(b"weights")
+    with open(tmp_path / "m.pt", "rb") as fh:
+        model = api.post("/model/register", files={"model_file": fh}, data={"name": "m"}).json()
+    assert set(model) == fields("Model")
+    assert set(api.get("/models").json()) == fields("ModelList")
+    assert set(api.get("/models").json()["models"][0]) == fields("Model")
+    assert schemas["RunRequest"]["required"] == ["code"]

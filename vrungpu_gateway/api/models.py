@@ -105,10 +105,6 @@ def _split_files(files: list[UploadedFile]) -> tuple[UploadedFile, list[Uploaded
     return artifacts[0], [f for f in files if f is not artifacts[0]]
 
 
-def model_json(record: ModelRecord, *, warm: bool = False) -> dict[str, Any]:
-    return {**record.summary(), "warm": warm}
-
-
 # -- handlers ------------------------------------------------------------------------------------
 class ModelListHandler(BaseHandler):
     async def get(self) -> None:
@@ -163,7 +159,7 @@ class ModelRegisterHandler(BaseHandler):
 
     async def post(self) -> None:
         record = await (self._from_upload() if self.sink is not None else self._from_task())
-        self.write_json(model_json(record), status=201)
+        self.write_json(self.gateway.models.present(record), status=201)
 
     async def _from_upload(self) -> ModelRecord:
         assert self.sink is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from vrungpu_gateway import __version__
+from vrungpu_gateway.api import schema
 
 TASK_ID = {"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}
 MODEL_ID = {"name": "model_id", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -20,6 +21,14 @@ def _q(name: str, kind: str = "string", desc: str = "", **extra: Any) -> dict[st
     }
 
 
+def _returns(shape: str | None) -> dict[str, Any]:
+    if shape is None:
+        return {"type": "object"}
+    if shape.startswith("["):
+        return {"type": "array", "items": schema.ref(shape.strip("[]"))}
+    return schema.ref(shape)
+
+
 def _op(
     summary: str,
     *,
@@ -27,14 +36,16 @@ def _op(
     body: str | None = None,
     ok: int = 200,
     errors: tuple[int, ...] = (400, 401, 404),
+    returns: str | None = None,
 ) -> dict[str, Any]:
+    """One operation; ``returns`` names its answer's wire shape ("[Task]": an array of it)."""
     op: dict[str, Any] = {
         "summary": summary,
         "parameters": params or [],
         "responses": {
             str(ok): {
                 "description": "OK",
-                "content": {"application/json": {"schema": {"type": "object"}}},
+                "content": {"application/json": {"schema": _returns(returns)}},
             }
         },
     }
@@ -62,23 +73,6 @@ def _op(
     return op
 
 
-RUN_REQUEST = {
-    "type": "object",
-    "required": ["code"],
-    "properties": {
-        "code": {"type": "string", "description": "Python source to run"},
-        "name": {"type": "string"},
-        "timeout": {"type": "number", "description": "seconds (> 0); default 3600"},
-        "gpu_id": {"type": "integer", "description": "run on exactly this GPU"},
-        "gpus": {"type": "integer", "minimum": 1, "description": "how many GPUs (default 1)"},
-        "device": {"type": "string", "enum": ["auto", "gpu", "cpu"]},
-        "env": {"type": "object", "additionalProperties": {"type": "string"}},
-        "args": {"type": "array", "items": {"type": "string"}},
-        "priority": {"type": "integer", "description": "higher runs first"},
-        "save_model": {"type": "boolean"},
-        "model_name": {"type": "string"},
-    },
-}
 PROJECT_UPLOAD = {
     "type": "object",
     "required": ["file"],
@@ -138,14 +132,19 @@ PATHS: dict[str, dict[str, Any]] = {
     "/gpu": {"get": _op("GPUs with live metrics and the task holding each", errors=(401,))},
     "/gpu/pool": {"get": _op("GPU allocations", errors=(401,))},
     "/stats": {"get": _op("Task, model and GPU statistics", errors=(401,))},
-    "/run/sync": {"post": _op("Run code and wait for the end", body="json")},
-    "/run/async": {"post": _op("Queue code; returns the task id at once", body="json", ok=202)},
+    "/run/sync": {"post": _op("Run code and wait for the end", body="json", returns="TaskDetail")},
+    "/run/async": {
+        "post": _op(
+            "Queue code; returns the task id at once", body="json", ok=202, returns="TaskAccepted"
+        )
+    },
     "/run/project": {
         "post": _op(
             "Upload a .zip/.py project and run its entry point",
             body="multipart",
             ok=202,
             errors=(400, 401, 413),
+            returns="TaskAccepted",
         )
     },
     "/tasks": {
@@ -160,10 +159,11 @@ PATHS: dict[str, dict[str, Any]] = {
                 _q("offset", "integer", default=0),
             ],
             errors=(400, 401),
+            returns="[Task]",
         )
     },
     "/task/{task_id}": {
-        "get": _op("One task with its output tails", params=[TASK_ID]),
+        "get": _op("One task with its output tails", params=[TASK_ID], returns="TaskDetail"),
         "delete": _op("Cancel if live, then delete row, workspace and logs", params=[TASK_ID]),
     },
     "/task/{task_id}/cancel": {
@@ -325,6 +325,7 @@ PATHS.update(
                     _q("offset", "integer", default=0),
                 ],
                 errors=(400, 401),
+                returns="ModelList",
             )
         },
         "/models/workers": {
@@ -336,6 +337,7 @@ PATHS.update(
                     "Register a model: upload it, or name a file/folder of a finished task",
                     ok=201,
                     errors=(400, 401, 404, 409, 413),
+                    returns="Model",
                 ),
                 {
                     "multipart/form-data": {"schema": _ref("ModelUpload")},
@@ -344,7 +346,7 @@ PATHS.update(
             )
         },
         "/model/{model_id}": {
-            "get": _op("One model (with `warm`)", params=[MODEL_ID]),
+            "get": _op("One model (with `warm`)", params=[MODEL_ID], returns="Model"),
             "patch": _with_body(
                 _op("Archive, restore or describe a model", params=[MODEL_ID]),
                 {"application/json": {"schema": _ref("ModelUpdate")}},
@@ -424,6 +426,7 @@ PATHS.update(
                 "Live kernels (Jupyter's model plus session, gpus, device, created_at, idle_s)",
                 params=[_q("session", desc="only this session's kernel")],
                 errors=(401,),
+                returns="[Kernel]",
             ),
             "post": _with_body(
                 _op(
@@ -431,12 +434,13 @@ PATHS.update(
                     "naming the holders); 409 over --max-kernels",
                     ok=201,
                     errors=(400, 401, 404, 409, 503),
+                    returns="Kernel",
                 ),
                 {"application/json": {"schema": _ref("KernelStart")}},
             ),
         },
         "/api/kernels/{kernel_id}": {
-            "get": _op("One kernel", params=[KERNEL_ID], errors=(401, 404)),
+            "get": _op("One kernel", params=[KERNEL_ID], errors=(401, 404), returns="Kernel"),
             "delete": {
                 **_op("Shut the kernel down and free its GPUs", params=[KERNEL_ID]),
                 "responses": {
@@ -499,7 +503,7 @@ def build_spec(extra_paths: dict[str, dict[str, Any]] | None = None) -> dict[str
                 "token": {"type": "apiKey", "in": "header", "name": "Authorization"}
             },
             "schemas": {
-                "RunRequest": RUN_REQUEST,
+                **schema.components(),  # the wire shapes, generated from vrungpu_gateway/wire.py
                 "ProjectUpload": PROJECT_UPLOAD,
                 **MODEL_SCHEMAS,
                 **KERNEL_SCHEMAS,

@@ -13,14 +13,16 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+from vrungpu_gateway import wire
 from vrungpu_gateway.engine import logs as logfiles
 from vrungpu_gateway.engine.environment import job_environment, validate_user_env
 from vrungpu_gateway.engine.errors import Conflict, InvalidRequest, NotFound
 from vrungpu_gateway.engine.events import EventBus
 from vrungpu_gateway.engine.layout import DataLayout
 from vrungpu_gateway.engine.logs import Line
+from vrungpu_gateway.engine.present import task_json
 from vrungpu_gateway.engine.progress import Progress
 from vrungpu_gateway.engine.pyenvs import Env, EnvBuildError, EnvCache, read_requirements_file
 from vrungpu_gateway.engine.runner import (
@@ -390,10 +392,12 @@ class TaskManager:
         future = self.db.submit(repo.save_task, self.db, record.copy())
         future.add_done_callback(_log_failure(record.task_id))
 
+    def present(self, record: TaskRecord) -> wire.Task:
+        """The task's JSON (without output), wherever it is sent."""
+        return task_json(record, queue_position=self.scheduler.queue_position(record.task_id))
+
     def _publish(self, record: TaskRecord) -> None:
-        task = record.summary()
-        task["queue_position"] = self.scheduler.queue_position(record.task_id)
-        self.bus.publish({"type": "task_update", "task": task})
+        self.bus.publish({"type": "task_update", "task": self.present(record)})
 
     def _output(self, record: TaskRecord, lines: list[Line]) -> None:
         """One event per chunk of output, whatever its number of lines."""
@@ -427,21 +431,20 @@ class TaskManager:
 
     async def describe(
         self, task_id: str, *, tail_bytes: int = logfiles.TAIL_BYTES
-    ) -> dict[str, Any]:
-        """The full task JSON: summary, queue position and the tails of both streams."""
+    ) -> wire.TaskDetail:
+        """The task's JSON with the tails of both streams."""
         record = await self.get(task_id)
-        task = record.summary()
-        task["queue_position"] = self.scheduler.queue_position(task_id)
-        tails = await asyncio.to_thread(self._tails, task_id, tail_bytes)
-        task.update(tails)
-        return task
+        return await asyncio.to_thread(self.with_tails, self.present(record), max_bytes=tail_bytes)
 
-    def _tails(self, task_id: str, tail_bytes: int) -> dict[str, Any]:
-        out: dict[str, Any] = {}
+    def with_tails(self, task: wire.Task, *, max_bytes: int) -> wire.TaskDetail:
+        """``task`` with the last ``max_bytes`` of each stream (blocking: reads the logs)."""
+        detail = cast(wire.TaskDetail, dict(task))
         for stream in ("stdout", "stderr"):
-            text, cut = logfiles.read_tail(self.layout.logs, task_id, stream, max_bytes=tail_bytes)
-            out[stream], out[f"{stream}_truncated"] = text, cut
-        return out
+            text, cut = logfiles.read_tail(
+                self.layout.logs, task["task_id"], stream, max_bytes=max_bytes
+            )
+            detail[stream], detail[f"{stream}_truncated"] = text, cut  # type: ignore[literal-required]
+        return detail
 
     async def list_tasks(
         self,
@@ -451,7 +454,7 @@ class TaskManager:
         device: str | None = None,
         limit: int = 50,
         offset: int = 0,
-    ) -> tuple[list[dict[str, Any]], int]:
+    ) -> tuple[list[wire.Task], int]:
         records, total = await self.db.run(
             lambda: repo.list_tasks(
                 self.db,
@@ -465,9 +468,7 @@ class TaskManager:
         items = []
         for record in records:
             live = self._live.get(record.task_id)
-            item = (live.record if live else record).summary()
-            item["queue_position"] = self.scheduler.queue_position(record.task_id)
-            items.append(item)
+            items.append(self.present(live.record if live else record))
         return items, total
 
     def _mark_running(self, record: TaskRecord, gpu_ids: tuple[int, ...]) -> None:

@@ -8,7 +8,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from vrungpu_gateway.engine.task import iso, utcnow
+from vrungpu_gateway.engine.task import utcnow
 
 
 class ModelStatus(StrEnum):
@@ -51,25 +51,3 @@ class ModelRecord:
     @classmethod
     def column_names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
-
-    def summary(self) -> dict[str, Any]:
-        """The model's JSON (the seed's fields first)."""
-        return {
-            "model_id": self.model_id,
-            "name": self.name,
-            "version": self.version,
-            "model_type": self.model_type,
-            "framework": self.framework,
-            "status": self.status.value,
-            "file_size": self.file_size,
-            "created_at": iso(self.created_at),
-            "file_name": self.file_name,
-            "kind": self.kind.value,
-            "sha256": self.sha256,
-            "handler": self.handler,
-            "files": list(self.files),
-            "task_id": self.task_id,
-            "metrics": self.metrics,
-            "description": self.description,
-            "download_url": f"/model/{self.model_id}/download",
-        }

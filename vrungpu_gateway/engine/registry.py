@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from vrungpu_gateway import wire
 from vrungpu_gateway.engine.errors import Conflict, InvalidRequest, NotFound
 from vrungpu_gateway.engine.events import EventBus
 from vrungpu_gateway.engine.layout import DataLayout
@@ -36,6 +37,7 @@ from vrungpu_gateway.engine.model_files import (
 )
 from vrungpu_gateway.engine.model_record import ArtifactKind, ModelRecord, ModelStatus, new_model_id
 from vrungpu_gateway.engine.paths import resolve_inside
+from vrungpu_gateway.engine.present import model_json
 from vrungpu_gateway.engine.task import TaskRecord
 from vrungpu_gateway.engine.worker_process import write_input
 from vrungpu_gateway.engine.workers import WorkerPool
@@ -182,7 +184,7 @@ class ModelRegistry:
             stored.file_name,
             stored.file_size,
         )
-        self.bus.publish({"type": "model_update", "model": record.summary()})
+        self.bus.publish({"type": "model_update", "model": self.present(record)})
         return record
 
     async def _save_model(self, record: TaskRecord) -> None:
@@ -212,22 +214,22 @@ class ModelRegistry:
             raise NotFound(f"model {model_id} not found", code="model_not_found")
         return record
 
-    async def describe(self, model_id: str) -> dict[str, Any]:
-        return self._with_warmth((await self.get(model_id)).summary())
+    def present(self, record: ModelRecord) -> wire.Model:
+        """The model's JSON, wherever it is sent (``warm``: a worker has it loaded)."""
+        return model_json(record, warm=record.model_id in self.pool.warm_models())
 
-    def _with_warmth(self, model: dict[str, Any]) -> dict[str, Any]:
-        model["warm"] = model["model_id"] in self.pool.warm_models()
-        return model
+    async def describe(self, model_id: str) -> wire.Model:
+        return self.present(await self.get(model_id))
 
     async def list(
         self, *, name: str | None, status: str | None, limit: int, offset: int
-    ) -> tuple[list[dict[str, Any]], int]:
+    ) -> tuple[list[wire.Model], int]:
         records, total = await self.db.run(
             functools.partial(
                 repo.list_models, self.db, name=name, status=status, limit=limit, offset=offset
             )
         )
-        return [self._with_warmth(r.summary()) for r in records], total
+        return [self.present(r) for r in records], total
 
     async def download(self, *, model_id: str, file: str | None = None) -> Download:
         """What `GET /model/{id}/download` sends: the artifact, one named file, or a zip."""
@@ -253,7 +255,7 @@ class ModelRegistry:
         record = await self.db.run(repo.update_model, self.db, model_id, changes)
         if record is None:
             raise NotFound(f"model {model_id} not found", code="model_not_found")
-        self.bus.publish({"type": "model_update", "model": record.summary()})
+        self.bus.publish({"type": "model_update", "model": self.present(record)})
         return record
 
     async def delete(self, *, model_id: str) -> int:

@@ -10,14 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
 
-from vrungpu_gateway.engine import logs as logfiles
 from vrungpu_gateway.engine.events import Event, EventBus
 from vrungpu_gateway.engine.gpu_monitor import GpuMonitor
 from vrungpu_gateway.engine.manager import TaskManager
 from vrungpu_gateway.engine.streams import Client, ClientContext, Message, is_terminal
-from vrungpu_gateway.protocol import STREAMS
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +99,7 @@ class StreamHub:
     # -- what clients need from the gateway ---------------------------------------------------
     async def describe(self, task_id: str) -> Message:
         """A task's JSON as `task_update` carries it; raises NotFound."""
-        record = await self.tasks.get(task_id)
-        task = record.summary()
-        task["queue_position"] = self.tasks.scheduler.queue_position(task_id)
-        return task
+        return dict(self.tasks.present(await self.tasks.get(task_id)))
 
     def is_running(self, task_id: str) -> bool:
         return any(record.task_id == task_id for record in self.tasks.live_records())
@@ -115,24 +109,17 @@ class StreamHub:
         report = await self.monitor.report()
         items, _ = await self.tasks.list_tasks(limit=INIT_TASKS)
         listed = {item["task_id"] for item in items}
-        for record in self.tasks.live_records():
-            if record.task_id not in listed:
-                item = record.summary()
-                item["queue_position"] = self.tasks.scheduler.queue_position(record.task_id)
-                items.append(item)
-        await asyncio.to_thread(_add_tails, self.tasks.layout.logs, items)
+        items += [
+            self.tasks.present(record)
+            for record in self.tasks.live_records()
+            if record.task_id not in listed
+        ]
+        tasks = await asyncio.to_thread(
+            lambda: [self.tasks.with_tails(item, max_bytes=INIT_TAIL_BYTES) for item in items]
+        )
         return {
             "type": "init",
             "gpus": report["devices"],
             "pool": self.monitor.pool(),
-            "tasks": items,
+            "tasks": tasks,
         }
-
-
-def _add_tails(logs_dir: Any, items: list[Message]) -> None:
-    for item in items:
-        for stream in STREAMS:
-            text, cut = logfiles.read_tail(
-                logs_dir, item["task_id"], stream, max_bytes=INIT_TAIL_BYTES
-            )
-            item[stream], item[f"{stream}_truncated"] = text, cut

@@ -67,35 +67,3 @@ class TaskRecord:
             return None
         end = self.completed_at or utcnow()
         return round((end - self.started_at).total_seconds(), 3)
-
-    def summary(self) -> dict[str, Any]:
-        """The task's JSON without output (list items, WS updates)."""
-        return {
-            "task_id": self.task_id,
-            "name": self.name,
-            "status": self.status.value,
-            "task_type": self.task_type.value,
-            "device": self.device,
-            "gpu_id": self.gpu_id,
-            "gpu_ids": list(self.gpu_ids),
-            "gpus": self.gpus,
-            "priority": self.priority,
-            "created_at": iso(self.created_at),
-            "started_at": iso(self.started_at),
-            "completed_at": iso(self.completed_at),
-            "duration": self.duration,
-            "return_code": self.return_code,
-            "error": self.error,
-            "failure_reason": self.failure_reason,
-            "progress": self.progress,
-            "progress_message": self.progress_message,
-            "stdout_log_truncated": self.stdout_log_truncated,
-            "stderr_log_truncated": self.stderr_log_truncated,
-            "entry_point": self.entry_point,
-            "timeout": self.timeout,
-            "args": list(self.args),
-            "model_id": self.model_id,
-            "model_name": self.model_name,
-            "save_model": self.save_model,
-            "result": self.result,
-        }
