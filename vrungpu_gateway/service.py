@@ -63,6 +63,7 @@ class Gateway:
             workers=self.workers,
             kernels=self.kernels,
             version=self.version,
+            envs=self.tasks.envs,
         )
         self.metrics = GatewayMetrics(
             parts=parts,
