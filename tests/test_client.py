@@ -89,3 +89,10 @@ def test_connection_from_environment(gateway: GatewayProcess, monkeypatch, tmp_p
     monkeypatch.setenv("VRUNGPU_URL", gateway.url)
     monkeypatch.setenv("VRUNGPU_TOKEN", TOKEN)
     assert VrunGPUClient().check_health()["gpu_count"] == 2
+
+
+def test_ids_are_whole_path_segments(client: VrunGPUClient) -> None:
+    # "../gpu" must not reach GET /gpu through the task route
+    with pytest.raises(VrunGPUError) as err:
+        client.get_task_status("../gpu")
+    assert err.value.status == 404

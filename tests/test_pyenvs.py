@@ -253,6 +253,10 @@ def test_the_api_answers_400_for_bad_requirements(
     api = envs_gateway().api
     res = api.post("/run/async", json={"code": "print(1)", "requirements": ["a\nb"]})
     assert res.status_code == 400 and "line break" in res.json()["detail"]
+    # uv would expand ${VAR} from its own environment (index credentials, proxies)
+    leak = {"code": "print(1)", "requirements": ["x @ file:///${UV_INDEX_URL}"]}
+    res = api.post("/run/async", json=leak)
+    assert res.status_code == 400 and "($)" in res.json()["detail"]
     bad_zip = io.BytesIO()
     with zipfile.ZipFile(bad_zip, "w") as archive:
         archive.writestr("main.py", "print(1)")

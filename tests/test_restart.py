@@ -82,3 +82,15 @@ def test_clean_stop_leaves_queued_tasks_queued(
     assert api.task(running)["failure_reason"] == ("lost" if on_stop == "kill" else "cancelled")
     done = api.wait_status(waiting, "completed", "failed")
     assert done["status"] == "completed" and done["stdout"] == "my turn\n"
+
+
+def test_a_second_gateway_on_the_same_data_dir_is_refused(
+    start_gateway: Callable[..., GatewayProcess],
+) -> None:
+    first = start_gateway()
+    with pytest.raises(AssertionError, match="in use by another gateway"):
+        GatewayProcess(first.data_dir).start()  # it would run jobs on the first one's GPUs
+    assert first.api.get("/").status_code == 200  # the first one is untouched
+    first.stop(signal.SIGKILL, end_jobs=False)  # a crash releases the data dir
+    first.start()
+    assert first.api.get("/").status_code == 200

@@ -7,6 +7,7 @@ Nothing here knows HTTP; ``app.py`` hands this object to the handlers.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +53,7 @@ class Gateway:
     kernels: KernelManager
     token: str | None
     warm: WarmSpawner | None = None
+    data_lock: int | None = None  # held while this gateway owns the data dir
     version: str = __version__
     metrics: GatewayMetrics = field(init=False)
 
@@ -82,6 +84,7 @@ class Gateway:
         config.check()
         layout = DataLayout(config.data_dir.resolve())
         layout.ensure()
+        data_lock = layout.lock()  # one gateway per data dir (ValueError otherwise)
         backend = backend or parse_gpu_spec(config.gpus)
         db = Database.sqlite(layout.database)
         bus = EventBus()
@@ -152,6 +155,7 @@ class Gateway:
             kernels,
             token,
             warm,
+            data_lock,
         )
 
     @staticmethod
@@ -204,6 +208,8 @@ class Gateway:
         if self.warm is not None:
             await self.warm.close()
         self.db.close()
+        if self.data_lock is not None:
+            os.close(self.data_lock)
 
     async def overview(self) -> dict[str, object]:
         """The `GET /` body."""

@@ -27,6 +27,7 @@ from vrungpu_magic.archive import zip_project
 from vrungpu_magic.client_models import ModelsClientMixin
 from vrungpu_magic.config import load_connection
 from vrungpu_magic.kernels import KernelsClientMixin
+from vrungpu_magic.urls import seg
 
 ProgressCallback = Callable[[int, int], None]  # (bytes sent, total bytes)
 
@@ -259,7 +260,7 @@ class VrunGPUClient(ModelsClientMixin, KernelsClientMixin):
 
     # -- tasks -----------------------------------------------------------------------------------
     def get_task_status(self, task_id: str) -> dict[str, Any]:
-        return self._request("GET", f"/task/{task_id}")
+        return self._request("GET", f"/task/{seg(task_id)}")
 
     get_task = get_task_status
 
@@ -324,14 +325,14 @@ class VrunGPUClient(ModelsClientMixin, KernelsClientMixin):
         return self._request("GET", "/tasks", params=params)  # the seed's bare list
 
     def cancel(self, task_id: str) -> dict[str, Any]:
-        return self._request("POST", f"/task/{task_id}/cancel")
+        return self._request("POST", f"/task/{seg(task_id)}/cancel")
 
     def delete_task(self, task_id: str) -> dict[str, Any]:
-        return self._request("DELETE", f"/task/{task_id}")
+        return self._request("DELETE", f"/task/{seg(task_id)}")
 
     def set_progress(self, task_id: str, progress: float, message: str | None = None) -> Any:
         return self._request(
-            "PUT", f"/task/{task_id}/progress", json={"progress": progress, "message": message}
+            "PUT", f"/task/{seg(task_id)}/progress", json={"progress": progress, "message": message}
         )
 
     def logs(
@@ -345,7 +346,7 @@ class VrunGPUClient(ModelsClientMixin, KernelsClientMixin):
         """The task's output as text (both streams by default; ``tail`` last lines)."""
         params = {"stream": stream, "tail": tail, "offset": offset}
         params = {k: v for k, v in params.items() if v is not None}
-        return self._request("GET", f"/task/{task_id}/logs", params=params)["content"]
+        return self._request("GET", f"/task/{seg(task_id)}/logs", params=params)["content"]
 
     def log_slices(
         self, task_id: str, stream: str = "all", *, tail: int | None = None
@@ -354,15 +355,15 @@ class VrunGPUClient(ModelsClientMixin, KernelsClientMixin):
         from), ``partial`` (a running task's unfinished last line); ``tail``: last lines."""
         params = {"stream": stream, "tail": tail}
         params = {k: v for k, v in params.items() if v is not None}
-        body = self._request("GET", f"/task/{task_id}/logs", params=params)
+        body = self._request("GET", f"/task/{seg(task_id)}/logs", params=params)
         return body["streams"] if stream == "all" else {stream: body}
 
     def files(self, task_id: str) -> list[dict[str, Any]]:
-        return self._request("GET", f"/task/{task_id}/files")["files"]
+        return self._request("GET", f"/task/{seg(task_id)}/files")["files"]
 
     def download(self, task_id: str, path: str, dest: str | os.PathLike[str] = ".") -> Path:
         """Download one workspace file (e.g. ``model.pt``) to ``dest`` (file or folder)."""
-        return self._stream_download(f"/task/{task_id}/files/{path}", dest)
+        return self._stream_download(f"/task/{seg(task_id)}/files/{path}", dest)
 
 
 STREAM_BACKOFF_S = (0.25, 0.5, 1.0, 2.0, 4.0)  # waits between reconnects, the last repeated

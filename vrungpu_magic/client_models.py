@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vrungpu_magic.archive import zip_project
+from vrungpu_magic.urls import seg
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -115,7 +116,7 @@ class ModelsClientMixin:
         return self._request("GET", "/models", params=params)["models"]
 
     def get_model(self, model_id: str) -> dict[str, Any]:
-        return self._request("GET", f"/model/{model_id}")
+        return self._request("GET", f"/model/{seg(model_id)}")
 
     def update_model(
         self,
@@ -127,17 +128,17 @@ class ModelsClientMixin:
     ) -> dict[str, Any]:
         """Archive (``status="archived"``) or restore a model, or change its description."""
         body = _drop_none({"status": status, "description": description, "metrics": metrics})
-        return self._request("PATCH", f"/model/{model_id}", json=body)
+        return self._request("PATCH", f"/model/{seg(model_id)}", json=body)
 
     def delete_model(self, model_id: str) -> dict[str, Any]:
         """Unload the model's warm workers, then delete it and its files on the host."""
-        return self._request("DELETE", f"/model/{model_id}")
+        return self._request("DELETE", f"/model/{seg(model_id)}")
 
     def download_model(self, model_id: str, dest: PathLike = ".", *, verify: bool = True) -> Path:
         """Download the artifact (a folder model as a zip) to ``dest`` (file or folder);
         with ``verify`` the file's sha256 must match the registry's."""
         expected = self.get_model(model_id)["sha256"] if verify else None
-        path = self._stream_download(f"/model/{model_id}/download", dest)
+        path = self._stream_download(f"/model/{seg(model_id)}/download", dest)
         if expected is not None and _sha256(path) != expected:
             raise _error(
                 f"downloaded {path.name} does not match sha256 {expected}", "checksum_mismatch"
@@ -168,7 +169,7 @@ class ModelsClientMixin:
                 "sync": wait,
             }
         )
-        route = f"/model/{model_id}/inference"
+        route = f"/model/{seg(model_id)}/inference"
         if not wait:
             return self._request("POST", route, json=body)["task_id"]
         http_timeout = max(self.timeout, (timeout or INFERENCE_WAIT_S) + 60)

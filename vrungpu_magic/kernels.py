@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import websocket
 
+from vrungpu_magic.urls import seg
+
 if TYPE_CHECKING:
     import requests
 
@@ -69,7 +71,7 @@ class KernelsClientMixin:
         return [k for k in kernels if k.get("session") == session]
 
     def get_kernel(self, kernel_id: str) -> Kernel:
-        return self._request("GET", f"/api/kernels/{kernel_id}")
+        return self._request("GET", f"/api/kernels/{seg(kernel_id)}")
 
     def start_kernel(
         self,
@@ -91,13 +93,13 @@ class KernelsClientMixin:
         return res.json(), res.status_code == 201
 
     def shutdown_kernel(self, kernel_id: str) -> None:
-        self._send("DELETE", f"/api/kernels/{kernel_id}")
+        self._send("DELETE", f"/api/kernels/{seg(kernel_id)}")
 
     def interrupt_kernel(self, kernel_id: str) -> None:
-        self._send("POST", f"/api/kernels/{kernel_id}/interrupt")
+        self._send("POST", f"/api/kernels/{seg(kernel_id)}/interrupt")
 
     def restart_kernel(self, kernel_id: str) -> Kernel:
-        return self._request("POST", f"/api/kernels/{kernel_id}/restart")
+        return self._request("POST", f"/api/kernels/{seg(kernel_id)}/restart")
 
     def kernel_channel(self, kernel_id: str) -> KernelChannel:
         """A connection to the kernel's channels (close it after use)."""
@@ -113,7 +115,7 @@ class KernelChannel:
         self.session_id = uuid.uuid4().hex
         self.username = _username()
         base = "ws" + client.url.removeprefix("http")
-        url = f"{base}/api/kernels/{kernel_id}/channels?session_id={self.session_id}"
+        url = f"{base}/api/kernels/{seg(kernel_id)}/channels?session_id={self.session_id}"
         header = [f"Authorization: token {client.token}"] if client.token else []
         try:
             self.ws = websocket.create_connection(

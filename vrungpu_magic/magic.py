@@ -13,6 +13,7 @@ User mistakes and gateway errors are one-line ``UsageError``s; a failed job is a
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shlex
 import sys
@@ -448,7 +449,7 @@ class VrunGPUMagics(Magics):
 
     def _push_limit(self, args: argparse.Namespace) -> float:
         limit = self.max_push_mb if args.max_push_mb is None else args.max_push_mb
-        if limit <= 0:
+        if not math.isfinite(limit) or limit <= 0:
             raise UsageError("%vrungpu: --max-push-mb must be a positive number of MB")
         return float(limit)
 

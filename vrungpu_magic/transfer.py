@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import math
 import pickle
 from typing import Any
 
@@ -62,18 +63,22 @@ class _CappedSink:
         self.size = 0
         self.parts: list[bytes] = []
 
-    def write(self, data: bytes) -> int:
-        self.size += len(data)
+    def write(self, data: bytes | pickle.PickleBuffer) -> int:
+        # Protocol 5 hands large buffers (numpy arrays) over as PickleBuffer: no len()
+        size = memoryview(data).nbytes
+        self.size += size
         if self.size <= self.cap_bytes:
             self.parts.append(bytes(data))
         else:
             self.parts = []
-        return len(data)
+        return size
 
 
 def pickle_values(namespace: dict[str, Any], names: list[str], max_mb: float) -> dict[str, bytes]:
     """Each named variable pickled; `TransferError` for a missing or unpicklable one, or when
     together they pickle to more than ``max_mb`` MB (the message names the size)."""
+    if not math.isfinite(max_mb) or max_mb <= 0:
+        raise TransferError(f"the size cap must be a positive number of MB, not {max_mb}")
     cap = int(max_mb * 1024 * 1024)
     sinks: dict[str, _CappedSink] = {}
     for name in names:

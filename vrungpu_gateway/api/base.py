@@ -97,7 +97,7 @@ class BaseHandler(tornado.web.RequestHandler):
         self.finish(json.dumps(payload, default=str))
 
     def int_argument(
-        self, name: str, default: int, *, minimum: int = 0, maximum: int | None = None
+        self, name: str, default: int, *, minimum: int = 0, maximum: int | None = 2**31 - 1
     ) -> int:
         raw = self.get_query_argument(name, None)
         if raw is None or raw == "":

@@ -70,7 +70,7 @@ class TaskListHandler(BaseHandler):
         )
         # The seed's bare list; the total and the neighbouring pages go in headers.
         self.set_header("X-Total-Count", str(total))
-        links = page_links(self.request.full_url(), total=total, limit=limit, offset=offset)
+        links = page_links(self.request.uri or "", total=total, limit=limit, offset=offset)
         if links:
             self.set_header("Link", links)
         self.write_json(items)
@@ -85,9 +85,10 @@ class TaskListHandler(BaseHandler):
 
 
 def page_links(url: str, *, total: int, limit: int, offset: int) -> str:
-    """RFC 8288 ``Link`` header with the next/prev/first/last pages of a listing."""
-    parts = urlsplit(url)
-    query = dict(parse_qsl(parts.query))
+    """RFC 8288 ``Link`` header with the next/prev/first/last pages of a listing: relative
+    links (no Host echoed back), without the ``token`` a request may carry in its query."""
+    parts = urlsplit(url)._replace(scheme="", netloc="")
+    query = {k: v for k, v in parse_qsl(parts.query) if k != "token"}
     last = max(0, (total - 1) // limit * limit)
     pages = {"first": 0, "last": last}
     if offset + limit < total:

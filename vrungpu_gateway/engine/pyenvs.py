@@ -97,6 +97,8 @@ def validate_requirements(value: Any, *, where: str = "requirements") -> list[st
             raise InvalidRequest(f"{where}: entry longer than {MAX_REQUIREMENT_CHARS} characters")
         if any(c in item for c in "\x00\n\r"):
             raise InvalidRequest(f"{where}: an entry holds a NUL or line break")
+        if "$" in item:  # uv expands ${VAR} from its own environment (proxy, index secrets)
+            raise InvalidRequest(f"{where}: {item!r}: environment variables ($) are not allowed")
         if text.startswith("-"):
             raise InvalidRequest(
                 f"{where}: installer options such as {text.split()[0]!r} are refused"
