@@ -70,40 +70,34 @@ def remove_cgroup(group: Path | None) -> None:
             group.rmdir()
 
 
-def is_alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return False
-    state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
-    return state not in (b"Z", b"X")
-
-
-def start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (identifies it across pid reuse)."""
+def _stat(pid: int | str) -> list[bytes] | None:
+    """The fields of ``/proc/PID/stat`` after the command name (state first), or None."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_bytes()
     except OSError:
         return None
-    fields = stat[stat.rfind(b")") + 2 :].split()
-    return int(fields[19])
+    return stat[stat.rfind(b")") + 2 :].split()
+
+
+def is_alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    fields = _stat(pid)
+    return fields is not None and fields[0] not in (b"Z", b"X")
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (identifies it across pid reuse)."""
+    fields = _stat(pid)
+    return int(fields[19]) if fields is not None else None
 
 
 def _process_table() -> dict[int, tuple[int, int]]:
     """pid -> (parent pid, process group) of every live process: one pass over /proc."""
     table = {}
     for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry.name}/stat").read_bytes()
-        except OSError:
-            continue
-        rest = stat[stat.rfind(b")") + 2 :].split()
-        if rest[0] in (b"Z", b"X"):
-            continue
-        table[int(entry.name)] = (int(rest[1]), int(rest[2]))
+        fields = _stat(entry.name) if entry.name.isdigit() else None
+        if fields is not None and fields[0] not in (b"Z", b"X"):
+            table[int(entry.name)] = (int(fields[1]), int(fields[2]))
     return table
 
 

@@ -375,6 +375,16 @@ class DetachedRunner:
         proc = await asyncio.to_thread(_popen_shim, files)
         return proc.pid, proc
 
+    def _adopt_offsets(self, task_id: str) -> dict[str, int]:
+        """Where following resumes: a line start near each log's end (the latest progress
+        is read from there; offsets stay those of the files)."""
+        return {
+            s: logfiles.tail_offset(
+                self.logs_dir, task_id, s, 1 << 30, final=False, max_bytes=ADOPT_TAIL_BYTES
+            )
+            for s in STREAMS
+        }
+
     async def adopt(self, *, task_id: str, on_output: OutputCallback) -> DetachedHandle | JobExit:
         """Follow a job a previous gateway started: its handle, or how it ended meanwhile."""
         files = self.files(task_id)
@@ -383,12 +393,7 @@ class DetachedRunner:
         ours = isinstance(pid, int) and containment.start_time(pid) == state.get("shim_start")
         if not isinstance(pid, int) or not ours or not containment.is_alive(pid):
             return await asyncio.to_thread(read_exit, files)
-        offsets = {
-            s: logfiles.tail_offset(
-                self.logs_dir, task_id, s, 1 << 30, final=False, max_bytes=ADOPT_TAIL_BYTES
-            )
-            for s in STREAMS
-        }
+        offsets = await asyncio.to_thread(self._adopt_offsets, task_id)
         log.info("task %s: adopted shim pid %s", task_id, pid)
         return DetachedHandle(
             files=files, pid=pid, on_output=on_output, offsets=offsets, pace=self.pace
