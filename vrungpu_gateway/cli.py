@@ -178,9 +178,90 @@ def build_parser() -> argparse.ArgumentParser:
         help="the uv binary that builds per-job environments (default: the one installed "
         "with the gateway, else uv on PATH)",
     )
+    _security_flags(p, d)
+    _limit_flags(p, d)
+    _scale_flags(p, d)
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"), help="logging level")
     p.add_argument("--version", action="version", version=f"vrungpu-gateway {__version__}")
     return p
+
+
+def _path(name: str) -> Path | None:
+    value = _env(name)
+    return Path(value) if value else None
+
+
+def _security_flags(p: argparse.ArgumentParser, d: GatewayConfig) -> None:
+    p.add_argument(
+        "--users-file",
+        type=Path,
+        default=_path("USERS_FILE"),
+        help='users and their tokens, JSON {"users": [{"name", "token" | "token_sha256", '
+        '"admin"}]}; re-read on SIGHUP. The main token is the admin',
+    )
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[h for h in (_env("ALLOW_HOST") or "").split(",") if h],
+        help="a Host name served besides loopback names and the bind address (repeatable; "
+        "guards against DNS rebinding)",
+    )
+    p.add_argument(
+        "--token-file",
+        type=Path,
+        default=_path("TOKEN_FILE"),
+        help="read the main token from this file, so it never shows on a command line",
+    )
+    p.add_argument(
+        "--job-user",
+        default=_env("JOB_USER"),
+        help="the unprivileged user jobs and kernels run as when the gateway runs as root",
+    )
+    p.add_argument("--certfile", type=Path, default=_path("CERTFILE"), help="TLS certificate")
+    p.add_argument("--keyfile", type=Path, default=_path("KEYFILE"), help="TLS private key")
+
+
+def _limit_flags(p: argparse.ArgumentParser, d: GatewayConfig) -> None:
+    limits = [
+        ("max-body-mb", float, d.max_body_mb, "largest JSON request body in MB"),
+        ("max-code-kb", int, d.max_code_kb, "largest `code` of a run request in KB"),
+        ("max-env-vars", int, d.max_env_vars, "most env variables a request sets"),
+        ("max-env-kb", int, d.max_env_kb, "all env names and values of a request, in KB"),
+        ("max-args", int, d.max_args, "most args a request passes"),
+        ("max-args-kb", int, d.max_args_kb, "all args of a request, in KB"),
+        ("max-progress-chars", int, d.max_progress_chars, "longest progress message kept"),
+        ("max-unpack-mb", int, d.max_unpack_mb, "a project zip's total unpacked size in MB"),
+        ("max-zip-ratio", float, d.max_zip_ratio, "a zip's unpacked/packed size ratio"),
+        ("max-zip-members", int, d.max_zip_members, "most files in a project zip"),
+    ]
+    for flag, kind, default, text in limits:
+        name = flag.upper().replace("-", "_")
+        p.add_argument(
+            f"--{flag}",
+            type=kind,
+            default=kind(_env(name, str(default)) or default),
+            help=f"{text} (default {default})",
+        )
+
+
+def _scale_flags(p: argparse.ArgumentParser, d: GatewayConfig) -> None:
+    p.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default=_env("BACKEND", d.backend),
+        help="where jobs and kernels run: local processes on this host (default) or a Ray cluster",
+    )
+    p.add_argument(
+        "--ray-address",
+        default=_env("RAY_ADDRESS", d.ray_address),
+        help="the Ray cluster with --backend ray (default auto: the local cluster)",
+    )
+    p.add_argument(
+        "--db-url",
+        default=_env("DB_URL"),
+        help="SQLAlchemy URL of the store, e.g. postgresql+psycopg://user@host/db "
+        "(default: SQLite in DATA_DIR)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> GatewayConfig:
@@ -209,6 +290,25 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         prespawn_kernels=args.prespawn_kernels,
         env_cache_mb=args.env_cache_mb,
         uv=args.uv,
+        users_file=args.users_file,
+        allow_hosts=list(args.allow_host),
+        token_file=args.token_file,
+        job_user=args.job_user,
+        certfile=args.certfile,
+        keyfile=args.keyfile,
+        max_body_mb=args.max_body_mb,
+        max_code_kb=args.max_code_kb,
+        max_env_vars=args.max_env_vars,
+        max_env_kb=args.max_env_kb,
+        max_args=args.max_args,
+        max_args_kb=args.max_args_kb,
+        max_progress_chars=args.max_progress_chars,
+        max_unpack_mb=args.max_unpack_mb,
+        max_zip_ratio=args.max_zip_ratio,
+        max_zip_members=args.max_zip_members,
+        backend=args.backend,
+        ray_address=args.ray_address,
+        db_url=args.db_url,
     )
 
 

@@ -48,6 +48,28 @@ class GatewayConfig:
     prespawn_kernels: int = 0
     env_cache_mb: float = 20480.0  # per-job environments (requirements) kept under data/envs
     uv: str | None = None  # the uv binary; None: the one installed with the gateway
+    # -- security (users, browser safety, secrets, TLS) -----------------------------------
+    users_file: Path | None = None  # JSON {"users": [{"name", "token"|"token_sha256", "admin"}]}
+    allow_hosts: list[str] = field(default_factory=list)  # Host names served beyond loopback
+    token_file: Path | None = None  # read the main token from here (never on a command line)
+    job_user: str | None = None  # None: the documented default (see cli --job-user)
+    certfile: Path | None = None
+    keyfile: Path | None = None
+    # -- limits, each checked before anything is written or held --------------------------
+    max_body_mb: float = 16.0  # a JSON request body
+    max_code_kb: int = 1024  # `code` of a run request
+    max_env_vars: int = 256
+    max_env_kb: int = 256  # all env names and values together
+    max_args: int = 1024
+    max_args_kb: int = 256  # all args together
+    max_progress_chars: int = 1000  # a progress message as stored and sent
+    max_unpack_mb: int = 20480  # a zip's total uncompressed size
+    max_zip_ratio: float = 200.0  # uncompressed / compressed size of a whole zip
+    max_zip_members: int = 20000
+    # -- scale-out --------------------------------------------------------------------------
+    backend: str = "local"  # local | ray
+    ray_address: str = "auto"
+    db_url: str | None = None  # None: SQLite at DATA_DIR/vrungpu.db
 
     def check(self) -> None:
         """Refuse unsafe or impossible combinations with one clear line."""

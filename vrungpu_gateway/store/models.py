@@ -72,6 +72,7 @@ class TaskRow(Base):
     pid: Mapped[int | None] = mapped_column(Integer)
     stdout_log_truncated: Mapped[bool] = mapped_column(Boolean, default=False)
     stderr_log_truncated: Mapped[bool] = mapped_column(Boolean, default=False)
+    owner: Mapped[str | None] = mapped_column(String(200), index=True)  # a user's name
 
 
 class ModelRow(Base):
@@ -94,6 +95,7 @@ class ModelRow(Base):
     metrics: Mapped[Any] = mapped_column(JSON, nullable=True)
     description: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    owner: Mapped[str | None] = mapped_column(String(200), index=True)
 
 
 class KernelRow(Base):
@@ -113,3 +115,4 @@ class KernelRow(Base):
     last_activity: Mapped[datetime] = mapped_column(UTCDateTime)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     end_reason: Mapped[str | None] = mapped_column(Text)
+    owner: Mapped[str | None] = mapped_column(String(200), index=True)
