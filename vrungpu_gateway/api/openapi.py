@@ -128,7 +128,7 @@ Bad messages answer `{"type":"error","code","detail"}`."""
 
 PATHS: dict[str, dict[str, Any]] = {
     "/": {"get": _op("Service status and storage paths", errors=(401,))},
-    "/health": {"get": _op("Liveness (no token needed)", errors=())},
+    "/health": {"get": _public("Liveness (no token needed)")},
     "/gpu": {"get": _op("GPUs with live metrics and the task holding each", errors=(401,))},
     "/gpu/pool": {"get": _op("GPU allocations", errors=(401,))},
     "/stats": {"get": _op("Task, model and GPU statistics", errors=(401,))},
