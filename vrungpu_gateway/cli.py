@@ -8,13 +8,14 @@ import json
 import logging
 import os
 import signal
+import ssl
 import sys
 from pathlib import Path
 
 import tornado.httpserver
 import tornado.netutil
 
-from vrungpu_gateway import __version__
+from vrungpu_gateway import __version__, logmask
 from vrungpu_gateway.app import make_app
 from vrungpu_gateway.config import ON_STOP_CHOICES, GatewayConfig
 from vrungpu_gateway.service import Gateway
@@ -64,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--token",
         default=_env("TOKEN"),
-        help="API token (default: generated once and kept in DATA_DIR/token)",
+        help="API token (default: generated once and kept in DATA_DIR/token); it shows in the "
+        "process list: prefer --token-file or VRUNGPU_TOKEN",
     )
     p.add_argument(
         "--no-auth",
@@ -210,15 +212,22 @@ def _security_flags(p: argparse.ArgumentParser, d: GatewayConfig) -> None:
         "--token-file",
         type=Path,
         default=_path("TOKEN_FILE"),
-        help="read the main token from this file, so it never shows on a command line",
+        help="read the main token from this file (mode 600), so it never shows on a command line",
     )
     p.add_argument(
         "--job-user",
-        default=_env("JOB_USER"),
-        help="the unprivileged user jobs and kernels run as when the gateway runs as root",
+        default=_env("JOB_USER", "auto"),
+        help="who jobs and kernels run as when the gateway runs as root: auto (default: nobody "
+        "when it can run --python and reach the data dir, else root, with a warning), a user "
+        "name, or gateway (the gateway's own user)",
     )
-    p.add_argument("--certfile", type=Path, default=_path("CERTFILE"), help="TLS certificate")
-    p.add_argument("--keyfile", type=Path, default=_path("KEYFILE"), help="TLS private key")
+    p.add_argument(
+        "--certfile",
+        type=Path,
+        default=_path("CERTFILE"),
+        help="TLS certificate (PEM, chain included); with --keyfile the gateway serves https/wss",
+    )
+    p.add_argument("--keyfile", type=Path, default=_path("KEYFILE"), help="TLS private key (PEM)")
 
 
 def _limit_flags(p: argparse.ArgumentParser, d: GatewayConfig) -> None:
@@ -312,10 +321,34 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
     )
 
 
-def _url(host: str, port: int) -> str:
+def _url(host: str, port: int, *, tls: bool = False) -> str:
     shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
     shown = f"[{shown}]" if ":" in shown else shown
-    return f"http://{shown}:{port}"
+    return f"{'https' if tls else 'http'}://{shown}:{port}"
+
+
+def ssl_context(config: GatewayConfig) -> ssl.SSLContext | None:
+    """The server's TLS context with --certfile/--keyfile (None without them); OSError
+    (ssl.SSLError) when they do not load or do not match."""
+    if config.certfile is None or config.keyfile is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(config.certfile), str(config.keyfile))
+    return context
+
+
+def _token_shown(gateway: Gateway) -> str:
+    """The token as the banner shows it: in full only when it is the data dir's own (the
+    operator who gave one already has it, and the log may be read by others)."""
+    config = gateway.config
+    if gateway.token is None:
+        return ""
+    if config.token_file is not None:
+        return f"?token=<from {config.token_file}>"
+    if config.token:
+        return "?token=<the token you gave>"
+    return f"?token={gateway.token}"
 
 
 def _write_runtime(gateway: Gateway, url: str, port: int) -> Path:
@@ -328,6 +361,7 @@ def _write_runtime(gateway: Gateway, url: str, port: int) -> Path:
 
 
 async def serve(config: GatewayConfig) -> None:
+    tls = ssl_context(config)  # a bad certificate fails before anything starts
     gateway = Gateway.create(config)
     await gateway.start()
     server = tornado.httpserver.HTTPServer(
@@ -335,11 +369,12 @@ async def serve(config: GatewayConfig) -> None:
         max_body_size=config.max_upload_mb * 2**20 + 2**20,
         max_buffer_size=64 * 2**20,
         idle_connection_timeout=3600,
+        ssl_options=tls,
     )
     sockets = tornado.netutil.bind_sockets(config.port, address=config.host)
     server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]
-    url = _url(config.host, port)
+    url = _url(config.host, port, tls=tls is not None)
     runtime = _write_runtime(gateway, url, port)
     pool = gateway.scheduler.snapshot()
     print(
@@ -348,10 +383,9 @@ async def serve(config: GatewayConfig) -> None:
         f"{gateway.layout.root}",
         flush=True,
     )
-    shown = f"{url}/?token={gateway.token}" if gateway.token else url
+    query = _token_shown(gateway)
     print(
-        f"Listening on {url}\n    {shown}\n    dashboard: {url}/dashboard/"
-        f"{'?token=' + gateway.token if gateway.token else ''}",
+        f"Listening on {url}\n    {url}/{query}\n    dashboard: {url}/dashboard/{query}",
         flush=True,
     )
     stop = asyncio.Event()
@@ -366,10 +400,12 @@ async def serve(config: GatewayConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    os.umask(0o077)  # whatever the gateway writes (database, WAL, logs, workspaces) is its own
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logmask.install()  # tokens never reach the log, whoever logs them
     config = config_from_args(args)
     try:
         config.check()

@@ -102,6 +102,45 @@ class GatewayConfig:
             raise ValueError("--prespawn-kernels must be >= 0")
         if not (0 <= self.port <= 65535):
             raise ValueError("--port must be between 0 and 65535")
+        self._check_secrets()
+
+    def _check_secrets(self) -> None:
+        if self.token_file is not None:
+            if self.token:
+                raise ValueError("give the token once: --token (VRUNGPU_TOKEN) or --token-file")
+            read_token_file(self.token_file)
+        if (self.certfile is None) != (self.keyfile is None):
+            raise ValueError("--certfile and --keyfile go together: give both for TLS")
+        for flag, path in (("--certfile", self.certfile), ("--keyfile", self.keyfile)):
+            if path is not None and not os.access(path, os.R_OK):
+                raise ValueError(f"{flag} {path}: not a readable file")
+
+
+def read_token_file(path: Path) -> str:
+    """The token in ``path`` (stripped); ValueError, one line, when the file is missing,
+    empty, or open to its group or to others (a token there is no secret)."""
+    try:
+        mode = path.stat().st_mode
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"--token-file {path}: {exc.strerror or exc}") from None
+    if mode & 0o077:
+        raise ValueError(
+            f"--token-file {path} is readable by its group or others (mode {mode & 0o777:o}); "
+            f"chmod 600 {path}"
+        )
+    if not token:
+        raise ValueError(f"--token-file {path} is empty")
+    return token
+
+
+def resolve_token(config: GatewayConfig, data_dir: Path) -> str | None:
+    """The main token: none with --no-auth, else --token-file, --token, or DATA_DIR/token."""
+    if config.no_auth:
+        return None
+    if config.token_file is not None:
+        return read_token_file(config.token_file)
+    return config.token or load_or_create_token(data_dir)
 
 
 def load_or_create_token(data_dir: Path) -> str:
@@ -110,6 +149,7 @@ def load_or_create_token(data_dir: Path) -> str:
     try:
         token = path.read_text().strip()
         if token:
+            os.chmod(path, 0o600)  # a data dir from before modes were enforced
             return token
     except FileNotFoundError:
         pass

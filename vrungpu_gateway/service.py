@@ -12,8 +12,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from vrungpu_gateway import __version__
-from vrungpu_gateway.config import GatewayConfig, load_or_create_token
+from vrungpu_gateway import __version__, logmask
+from vrungpu_gateway.config import GatewayConfig, resolve_token
+from vrungpu_gateway.engine import jobuser
 from vrungpu_gateway.engine.events import EventBus
 from vrungpu_gateway.engine.gpu_monitor import GpuHolders, GpuMonitor, HolderSource
 from vrungpu_gateway.engine.kernels import KernelLauncher, KernelManager, KernelSettings
@@ -85,6 +86,8 @@ class Gateway:
         layout = DataLayout(config.data_dir.resolve())
         layout.ensure()
         data_lock = layout.lock()  # one gateway per data dir (ValueError otherwise)
+        isolation = jobuser.choose(config.job_user, python=config.python, reach=layout.root)
+        layout.secure(passable=isolation.user is not None)
         backend = backend or parse_gpu_spec(config.gpus)
         db = Database.sqlite(layout.database)
         bus = EventBus()
@@ -102,6 +105,7 @@ class Gateway:
             max_log_bytes=int(config.max_log_mb * 2**20),
             zygote=warm,
             pace=lambda: bus.room(timeout_s=PACE_TIMEOUT_S),
+            job_user=isolation.user,
         )
         envs = EnvCache(
             root=layout.root / "envs",
@@ -139,7 +143,9 @@ class Gateway:
             bus=bus,
             max_unpack_bytes=config.max_upload_mb * 2**20 * 4,
         )
-        token = None if config.no_auth else (config.token or load_or_create_token(layout.root))
+        token = resolve_token(config, layout.root)
+        logmask.register_secret(token)
+        isolation.announce()  # once nothing can refuse the start any more
         streams = StreamHub(bus=bus, monitor=monitor, tasks=tasks)
         return cls(
             config,

@@ -36,6 +36,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
+from vrungpu_gateway.engine.jobuser import drop
 from vrungpu_gateway.engine.launch import LaunchSpec, join_cgroup
 
 EXIT_SPAWN_ERROR = 127
@@ -166,6 +167,8 @@ def _prepare_process(spec: LaunchSpec, out_fd: int, err_fd: int, report_fd: int)
         _close_inherited(keep=report_fd)
     with _stage("cannot enter the working directory"):
         os.chdir(spec.cwd)
+    with _stage("cannot become the job user"):  # last: the steps above may need root
+        drop(spec.user)
 
 
 def _redirect_stdio(out_fd: int, err_fd: int) -> None:

@@ -13,6 +13,8 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from vrungpu_gateway.engine.jobuser import JobUser, drop
+
 
 @dataclass(frozen=True)
 class LaunchSpec:
@@ -20,6 +22,7 @@ class LaunchSpec:
     cwd: str
     env: dict[str, str]  # the complete job environment
     cgroup_procs: str | None = None  # the child writes "0" here first: it joins the job's cgroup
+    user: JobUser | None = None  # then it becomes this user (None: stays the shim's)
 
 
 Launch = Callable[[LaunchSpec, int, int], int]  # (spec, stdout fd, stderr fd) -> pid
@@ -30,6 +33,13 @@ def join_cgroup(procs_path: str | None) -> None:
     if procs_path:
         with open(procs_path, "w") as fh:
             fh.write("0")
+
+
+def enter_job(spec: LaunchSpec) -> None:
+    """The job child's own steps before its code: its cgroup (while still privileged to
+    write there), then the job user. Popen's ``user=`` would drop before ``preexec_fn``."""
+    join_cgroup(spec.cgroup_procs)
+    drop(spec.user)
 
 
 def launch_exec(spec: LaunchSpec, stdout_fd: int, stderr_fd: int) -> int:
@@ -43,7 +53,7 @@ def launch_exec(spec: LaunchSpec, stdout_fd: int, stderr_fd: int) -> int:
             stdout=stdout_fd,
             stderr=stderr_fd,
             process_group=0,
-            preexec_fn=(lambda: join_cgroup(spec.cgroup_procs)) if spec.cgroup_procs else None,
+            preexec_fn=(lambda: enter_job(spec)) if spec.cgroup_procs or spec.user else None,
         )
     except (ValueError, TypeError) as exc:  # e.g. a NUL byte in an argument
         raise OSError(str(exc)) from exc

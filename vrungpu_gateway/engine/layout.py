@@ -1,11 +1,21 @@
-"""The data directory layout: database, workspaces, logs, models, uploads."""
+"""The data directory layout: database, workspaces, logs, models, uploads, and their modes.
+
+Everything under the data dir is the gateway's alone: folders 0700, the database (and its
+WAL and shared-memory files), the token and the runtime files 0600. With a job user
+(``engine/jobuser.py``) the data dir, ``workspaces/`` and ``run/`` are 0711: the job user
+may pass through to its own workspace (and a kernel to its connection file) but list none.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+# The database before its first connection: SQLite creates -wal and -shm with its mode.
+SECRET_FILES = ("vrungpu.db", "vrungpu.db-wal", "vrungpu.db-shm", "token", "gateway.json")
 
 
 @dataclass(frozen=True)
@@ -60,4 +70,17 @@ class DataLayout:
 
     def ensure(self) -> None:
         for path in (self.root, self.workspaces, self.logs, self.models, self.uploads, self.run):
-            path.mkdir(parents=True, exist_ok=True)
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.secure(passable=False)
+
+    def secure(self, *, passable: bool) -> None:
+        """Set the modes (a data dir made by an older gateway had 0755 and 0644).
+        ``passable``: a job user must pass through to its workspace."""
+        through = 0o711 if passable else 0o700
+        for path in (self.root, self.workspaces, self.run):
+            os.chmod(path, through)
+        for path in (self.logs, self.models, self.uploads):
+            os.chmod(path, 0o700)
+        for name in SECRET_FILES:
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(self.root / name, 0o600)

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from vrungpu_gateway.engine import containment
 from vrungpu_gateway.engine import logs as logfiles
 from vrungpu_gateway.engine.environment import ALLOWED
+from vrungpu_gateway.engine.jobuser import JobUser
 from vrungpu_gateway.engine.shim import ShimSpec
 from vrungpu_gateway.protocol import STREAMS, FailureReason
 
@@ -314,8 +315,10 @@ class DetachedRunner:
         max_log_bytes: int,
         zygote: Spawner | None = None,
         pace: Pace | None = None,
+        job_user: JobUser | None = None,
     ) -> None:
         self.pace = pace
+        self.job_user = job_user  # every job and kernel runs as this user (None: as the shim)
         self.run_dir = run_dir
         self.logs_dir = logs_dir
         self.max_log_bytes = max_log_bytes
@@ -361,6 +364,7 @@ class DetachedRunner:
             timeout_s=spec.timeout_s,
             grace_s=spec.grace_s,
             max_log_bytes=self.max_log_bytes,
+            user=self.job_user.as_dict() if self.job_user else None,
         ).dump(files.spec)
 
     async def _spawn(

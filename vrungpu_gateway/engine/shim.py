@@ -2,7 +2,8 @@
 
 The gateway writes a spec file and starts the shim (``python -m vrungpu_gateway.engine.shim
 SPEC``, or a fork of the warm zygote). The shim, a child subreaper in its own session:
-- starts the job (its own process group, in a cgroup where one can be made), stdout and
+- starts the job (its own process group, in a cgroup where one can be made, as the job user
+  when there is one: see ``engine/jobuser.py``), stdout and
   stderr on pipes that the shim copies to the task's log files, capped at ``max_log_bytes``
   per stream (past it a last line says so and output is dropped; the job keeps running);
 - ends the job at its deadline or at SIGTERM (a cancel): SIGTERM to every job process, grace,
@@ -26,7 +27,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from vrungpu_gateway.engine import containment
+from vrungpu_gateway.engine import containment, jobuser
 from vrungpu_gateway.engine.launch import Launch, LaunchSpec, exit_code, launch_exec
 
 READ_BYTES = 256 * 1024
@@ -47,10 +48,15 @@ class ShimSpec:
     timeout_s: float | None
     grace_s: float
     max_log_bytes: int
+    user: dict[str, Any] | None = None  # the job user (JobUser.as_dict); None: the shim's own
 
     @classmethod
     def load(cls, path: str | Path) -> ShimSpec:
         return cls(**json.loads(Path(path).read_text()))
+
+    @property
+    def job_user(self) -> jobuser.JobUser | None:
+        return jobuser.JobUser(**self.user) if self.user else None
 
     def dump(self, path: Path) -> None:
         write_json_atomic(path, asdict(self))
@@ -84,7 +90,7 @@ class LogSink:
     """One stream's log file, appended unbuffered up to a byte cap."""
 
     def __init__(self, path: str, limit_bytes: int) -> None:
-        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self.size = os.fstat(self.fd).st_size
         self.limit = limit_bytes
         self.truncated = False
@@ -131,6 +137,7 @@ class Shim:
             self._finish()
         finally:
             containment.remove_cgroup(self.group)
+            jobuser.take_back(self.spec.cwd, self.spec.job_user)
         return 0
 
     def _signals(self) -> int:
@@ -150,10 +157,13 @@ class Shim:
     def _start(self, launch: Launch) -> dict[int, str] | None:
         spec = self.spec
         procs = str(self.group / "cgroup.procs") if self.group else None
+        user = spec.job_user
+        env = jobuser.environment(spec.env, user, spec.cwd)
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         try:
-            self.job_pid = launch(LaunchSpec(spec.argv, spec.cwd, spec.env, procs), out_w, err_w)
+            jobuser.hand_over(spec.cwd, user)
+            self.job_pid = launch(LaunchSpec(spec.argv, spec.cwd, env, procs, user), out_w, err_w)
         except OSError as exc:
             for fd in (out_r, err_r):
                 os.close(fd)

@@ -5,7 +5,8 @@ CONNECTION_FILE`` under a shim (forked from the warm zygote when there is one), 
 environment (allowlist, ``CUDA_VISIBLE_DEVICES``), cwd ``data/workspaces/<kernel_id>/``, its
 output in ``data/logs/<kernel_id>.{stdout,stderr}.log``, contained and detached, and adopted
 again after a gateway restart. The connection file (ports and key, written by jupyter_client)
-lives beside the shim's files: ``data/run/<kernel_id>.kernel.json``.
+lives beside the shim's files: ``data/run/<kernel_id>.kernel.json``, readable by the kernel
+alone (the job user's when there is one: ``engine/jobuser.py``).
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ class KernelLauncher:
             key=secrets.token_hex(32).encode(),
             kernel_name=kernel_id,
         )
+        user = self.runner.job_user
+        if user is not None:  # the kernel reads it after its drop to the job user
+            os.chown(path, user.uid, user.gid)
         return path
 
     async def start(
