@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import ssl
 import tempfile
 import time
 import uuid
@@ -118,16 +119,37 @@ def _form(options: dict[str, Any]) -> dict[str, str]:
 
 class VrunGPUClient(ModelsClientMixin, KernelsClientMixin):
     """A client for one gateway. ``url``/``token`` default to VRUNGPU_URL/VRUNGPU_TOKEN or the
-    user's config file (see `vrungpu_magic.config`)."""
+    user's config file (see `vrungpu_magic.config`). An ``https://`` URL is checked against
+    the system's CA certificates, or ``ca_bundle`` (a PEM file; VRUNGPU_CA_BUNDLE)."""
 
     def __init__(
-        self, url: str | None = None, token: str | None = None, *, timeout: float = 30.0
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        timeout: float = 30.0,
+        ca_bundle: str | None = None,
     ) -> None:
-        conn = load_connection(url, token)
+        conn = load_connection(url, token, ca_bundle)
         self.url, self.token, self.timeout = conn.url, conn.token, timeout
+        self.ca_bundle = conn.ca_bundle
         self.session = requests.Session()
         if self.token:
             self.session.headers["Authorization"] = f"token {self.token}"
+
+    def clone(self) -> VrunGPUClient:
+        """A client of its own (its own session) for the same gateway, e.g. for a thread."""
+        return VrunGPUClient(self.url, self.token, timeout=self.timeout, ca_bundle=self.ca_bundle)
+
+    @property
+    def ws_options(self) -> dict[str, Any]:
+        """What ``websocket.create_connection`` needs besides the URL: the CA bundle."""
+        return {"sslopt": {"ca_certs": self.ca_bundle}} if self.ca_bundle else {}
+
+    @property
+    def ws_url(self) -> str:
+        """The gateway's URL for a WebSocket: ``ws://`` for http, ``wss://`` for https."""
+        return "ws" + self.url.removeprefix("http")
 
     def __repr__(self) -> str:
         return f"VrunGPUClient({self.url!r})"
@@ -135,8 +157,12 @@ class VrunGPUClient(ModelsClientMixin, KernelsClientMixin):
     # -- plumbing ----------------------------------------------------------------------------
     def _send(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         kwargs.setdefault("timeout", self.timeout)
+        # Per request: a Session's own ``verify`` loses to REQUESTS_CA_BUNDLE (requests#3829).
+        kwargs.setdefault("verify", self.ca_bundle or True)
         try:
             res = self.session.request(method, self.url + path, **kwargs)
+        except requests.exceptions.SSLError as exc:
+            raise VrunGPUError(0, _tls_detail(self.url, exc), "tls") from None
         except requests.ConnectionError as exc:
             raise VrunGPUError(
                 0, f"cannot reach the gateway at {self.url}: {type(exc).__name__}", "unreachable"
@@ -423,16 +449,22 @@ class _TaskStream:
             raise TimeoutError(f"task {self.task_id} still {status} after {self.timeout}s")
 
     def _connect(self) -> websocket.WebSocket:
-        url = "ws" + self.client.url.removeprefix("http") + "/ws"
+        url = self.client.ws_url + "/ws"
         header = [f"Authorization: token {self.client.token}"] if self.client.token else []
         try:
             return websocket.create_connection(
-                url, header=header, timeout=self.client.timeout, suppress_origin=True
+                url,
+                header=header,
+                timeout=self.client.timeout,
+                suppress_origin=True,
+                **self.client.ws_options,
             )
         except websocket.WebSocketBadStatusException as exc:
             if exc.status_code in (401, 403, 404):
                 raise _status_error(exc) from None
             raise _Dropped(f"HTTP {exc.status_code}") from None
+        except ssl.SSLCertVerificationError as exc:  # no retry makes it trusted
+            raise VrunGPUError(0, _tls_detail(self.client.url, exc), "tls") from None
         except (OSError, websocket.WebSocketException) as exc:
             raise _Dropped(f"{type(exc).__name__}: {exc}") from None
 
@@ -510,3 +542,16 @@ def _status_error(exc: websocket.WebSocketBadStatusException) -> VrunGPUError:
     except ValueError:
         detail, code = str(exc), "error"
     return VrunGPUError(exc.status_code, detail, code)
+
+
+def _tls_detail(url: str, exc: BaseException) -> str:
+    """One line for a failed TLS handshake, with the likely fix."""
+    text = str(exc)
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return (
+            f"the certificate of {url} is not trusted; give its CA bundle "
+            "(ca_bundle=, --ca-bundle or VRUNGPU_CA_BUNDLE)"
+        )
+    if "WRONG_VERSION_NUMBER" in text or "record layer failure" in text:
+        return f"{url} does not speak TLS (is it an http:// gateway?)"
+    return f"TLS with {url} failed: {text.splitlines()[0] if text else type(exc).__name__}"

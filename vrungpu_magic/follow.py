@@ -55,7 +55,7 @@ class TaskFollower:
         self.client = client
         # events are read with a client of their own, so a follower thread never shares
         # the caller's requests.Session with the cell or a button callback
-        self.events_client = VrunGPUClient(client.url, client.token)
+        self.events_client = client.clone()
         self.task_id = task_id
         self.view = view
         self.task: Task | None = None

@@ -54,6 +54,12 @@ class KernelsClientMixin:
         token: str | None
         timeout: float
 
+        @property
+        def ws_url(self) -> str: ...
+
+        @property
+        def ws_options(self) -> dict[str, Any]: ...
+
         def _request(self, method: str, path: str, **kwargs: Any) -> Any: ...
 
         def _send(self, method: str, path: str, **kwargs: Any) -> requests.Response: ...
@@ -114,12 +120,16 @@ class KernelChannel:
         self.kernel_id = kernel_id
         self.session_id = uuid.uuid4().hex
         self.username = _username()
-        base = "ws" + client.url.removeprefix("http")
+        base = client.ws_url
         url = f"{base}/api/kernels/{seg(kernel_id)}/channels?session_id={self.session_id}"
         header = [f"Authorization: token {client.token}"] if client.token else []
         try:
             self.ws = websocket.create_connection(
-                url, header=header, timeout=client.timeout, suppress_origin=True
+                url,
+                header=header,
+                timeout=client.timeout,
+                suppress_origin=True,
+                **client.ws_options,
             )
         except websocket.WebSocketBadStatusException as exc:
             raise _status_error(exc) from None

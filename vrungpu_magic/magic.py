@@ -44,7 +44,8 @@ HELP = """\
     run the cell on the gateway; with --dir, the folder PATH (zipped, .vrungpuignore applied);
     --requirements: the job runs in an environment with these packages (built once, cached)
 %vrungpu --dir PATH [--entry FILE] [options]  run a folder from a line magic
-%vrungpu connect URL [--token T] [--save]   connect (and save to the config file)
+%vrungpu connect URL [--token T] [--ca-bundle PEM] [--save]
+                                            connect (and save to the config file)
 %vrungpu tasks [--status S] [--limit N]     the task table
 %vrungpu logs ID [--tail N] [--stream S]    a task's log
 %vrungpu cancel ID                          cancel a task
@@ -108,6 +109,7 @@ CONNECT_PARSER = _parser(
     "%vrungpu connect",
     (("url",), {"nargs": "?"}),
     (("--token",), {"help": "the gateway's token"}),
+    (("--ca-bundle",), {"help": "CA certificates (PEM) of an https gateway"}),
     (("--save",), {"action": "store_true", "help": "write it to the user's config file"}),
 )
 TASKS_PARSER = _parser(
@@ -255,6 +257,11 @@ class VrunGPUMagics(Magics):
     token = Unicode("", help="Gateway token (empty: VRUNGPU_TOKEN or the config file).").tag(
         config=True
     )
+    ca_bundle = Unicode(
+        "",
+        help="CA certificates (PEM) an https gateway's certificate is checked against "
+        "(empty: VRUNGPU_CA_BUNDLE, the config file, or the system's).",
+    ).tag(config=True)
     widgets = CaselessStrEnum(
         WIDGET_MODES,
         help="Show ipywidgets panels: 'auto' (in a Jupyter kernel with ipywidgets), 'on', "
@@ -277,14 +284,16 @@ class VrunGPUMagics(Magics):
         mode = os.environ.get("VRUNGPU_WIDGETS", "auto").strip().lower()
         return mode if mode in WIDGET_MODES else "auto"
 
-    @observe("url", "token")
+    @observe("url", "token", "ca_bundle")
     def _forget_client(self, _change: Any) -> None:
         self._client = None
 
     @property
     def client(self) -> VrunGPUClient:
         if self._client is None:
-            self._client = VrunGPUClient(self.url or None, self.token or None)
+            self._client = VrunGPUClient(
+                self.url or None, self.token or None, ca_bundle=self.ca_bundle or None
+            )
         return self._client
 
     def use_widgets(self) -> bool:
@@ -456,15 +465,20 @@ class VrunGPUMagics(Magics):
     # -- commands --------------------------------------------------------------------------------
     def _connect(self, argv: list[str]) -> None:
         args = _parse(CONNECT_PARSER, argv)
-        if args.url is None and args.token is None:
+        if args.url is None and args.token is None and args.ca_bundle is None:
             client = self.client
         else:
-            client = VrunGPUClient(args.url or self.url or None, args.token or None)
+            client = VrunGPUClient(
+                args.url or self.url or None,
+                args.token or None,
+                ca_bundle=args.ca_bundle or self.ca_bundle or None,
+            )
         try:
             info = client.check_health()
         except VrunGPUError as exc:
             raise _gateway_error(exc, client.url) from None
         self.url, self.token = client.url, client.token or ""
+        self.ca_bundle = client.ca_bundle or ""
         self._client = client
         gpus = info.get("gpu_count", 0)
         free = info.get("available_gpus", 0)
@@ -472,7 +486,7 @@ class VrunGPUMagics(Magics):
         version = info.get("version", "?")
         print(f"Connected to {client.url}: VrunGPU {version}, {gpus} GPUs ({free} free)")
         if args.save:
-            path = save_connection(Connection(client.url, client.token))
+            path = save_connection(Connection(client.url, client.token, client.ca_bundle))
             print(f"Saved to {path}")
 
     def _tasks(self, argv: list[str]) -> Any:

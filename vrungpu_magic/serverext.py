@@ -131,6 +131,7 @@ class ApiProxyHandler(_GatewayHandler):
             connect_timeout=CONNECT_TIMEOUT_S,
             request_timeout=REQUEST_TIMEOUT_S,
             follow_redirects=False,
+            ca_certs=conn.ca_bundle,  # an https gateway with a private CA (None: the system's)
         )
 
     def _unreachable(self, conn: Connection, reason: str) -> None:
@@ -178,7 +179,10 @@ class WebSocketProxyHandler(WebSocketMixin, websocket.WebSocketHandler, JupyterH
         super().open(*args, **kwargs)  # starts the keep-alive pings
         conn = self._connection()
         request = httpclient.HTTPRequest(
-            _ws_url(conn.url), headers=_auth_headers(conn), connect_timeout=CONNECT_TIMEOUT_S
+            _ws_url(conn.url),
+            headers=_auth_headers(conn),
+            connect_timeout=CONNECT_TIMEOUT_S,
+            ca_certs=conn.ca_bundle,
         )
         try:
             upstream = await websocket.websocket_connect(

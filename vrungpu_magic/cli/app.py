@@ -17,21 +17,33 @@ from vrungpu_magic.config import Connection, save_connection
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--url", envvar=None, metavar="URL", help="Gateway URL [$VRUNGPU_URL, config].")
 @click.option("--token", metavar="T", help="Gateway token [$VRUNGPU_TOKEN, config].")
+@click.option(
+    "--ca-bundle",
+    metavar="PEM",
+    type=click.Path(exists=True, dir_okay=False),
+    help="CA certificates of an https gateway [$VRUNGPU_CA_BUNDLE, config; the system's].",
+)
 @click.version_option(__version__, prog_name="vrungpu")
 @click.pass_context
-def cli(ctx: click.Context, url: str | None, token: str | None) -> None:
+def cli(ctx: click.Context, url: str | None, token: str | None, ca_bundle: str | None) -> None:
     """Run and follow jobs on a VrunGPU gateway from a terminal."""
-    ctx.obj = Settings(url, token)
+    ctx.obj = Settings(url, token, ca_bundle)
 
 
 @cli.command()
 @click.argument("url")
 @click.option("--token", metavar="T", help="The gateway's token.")
+@click.option(
+    "--ca-bundle",
+    metavar="PEM",
+    type=click.Path(exists=True, dir_okay=False),
+    help="CA certificates of an https gateway (saved with the URL).",
+)
 @click.pass_context
-def connect(ctx: click.Context, url: str, token: str | None) -> int:
-    """Check the gateway at URL and save it (and the token) for later commands."""
+def connect(ctx: click.Context, url: str, token: str | None, ca_bundle: str | None) -> int:
+    """Check the gateway at URL and save it (token and CA bundle too) for later commands."""
     settings = ctx.ensure_object(Settings)
-    client = VrunGPUClient(url, token or settings.token)
+    client = VrunGPUClient(url, token or settings.token, ca_bundle=ca_bundle or settings.ca_bundle)
     info = client.check_health()
     free = info.get("available_gpus", 0)
     free = len(free) if isinstance(free, list) else free
@@ -39,7 +51,7 @@ def connect(ctx: click.Context, url: str, token: str | None) -> int:
         f"Connected to {client.url}: VrunGPU {info.get('version', '?')}, "
         f"{info.get('gpu_count', 0)} GPUs ({free} free)"
     )
-    path = save_connection(Connection(client.url, client.token))
+    path = save_connection(Connection(client.url, client.token, client.ca_bundle))
     print_text(f"Saved to {path}")
     return 0
 

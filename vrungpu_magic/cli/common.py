@@ -17,15 +17,17 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 @dataclass
 class Settings:
-    """The group's ``--url`` / ``--token`` (None: environment, then the config file)."""
+    """The group's ``--url`` / ``--token`` / ``--ca-bundle`` (None: environment, then the
+    config file)."""
 
     url: str | None = None
     token: str | None = None
+    ca_bundle: str | None = None
     _client: VrunGPUClient | None = None
 
     def client(self) -> VrunGPUClient:
         if self._client is None:
-            self._client = VrunGPUClient(self.url, self.token)
+            self._client = VrunGPUClient(self.url, self.token, ca_bundle=self.ca_bundle)
         return self._client
 
 

@@ -140,7 +140,7 @@ class _Pump(threading.Thread):
 
     def __init__(self, client: VrunGPUClient, task_id: str, offsets: dict[str, int]) -> None:
         super().__init__(daemon=True, name=f"vrungpu-{task_id}")
-        self.client = VrunGPUClient(client.url, client.token)
+        self.client = client.clone()
         self.task_id = task_id
         self.offsets = offsets
         self.events: queue.Queue[Any] = queue.Queue()
