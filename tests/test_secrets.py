@@ -346,3 +346,55 @@ def test_a_warm_job_drops_to_the_job_user_too(open_base: Path) -> None:
     assert printed == [str(nobody.pw_uid), "nobody", "PermissionError"]
     assert (ws / "out.txt").stat().st_uid == nobody.pw_uid
     assert (ws.stat().st_uid, mode(ws)) == (0, 0o700)
+
+
+PRYING_HANDLER = """
+import os
+
+def load(model_dir):
+    return model_dir
+
+def predict(model, data):
+    root = os.path.dirname(os.path.dirname(model))
+    seen = {"uid": os.getuid()}
+    for name in ("token", "vrungpu.db", os.path.join("models", os.path.basename(model))):
+        try:
+            path = os.path.join(root, name)
+            os.listdir(path) if name.startswith("models") else open(path).close()
+            seen[name] = "read"
+        except OSError as exc:
+            seen[name] = type(exc).__name__
+    try:
+        open(os.path.join(model, "handler.py"), "a").close()
+        seen["change model"] = "done"
+    except OSError as exc:
+        seen["change model"] = type(exc).__name__
+    return seen
+"""
+
+
+@needs_root
+@needs_system_python
+def test_a_model_worker_runs_the_models_code_as_the_job_user(
+    start_gateway: Callable[..., GatewayProcess], open_base: Path
+) -> None:
+    gw = start_gateway(
+        open_base / "data", token="", extra=["--python", SYSTEM_PYTHON, "--job-user", "nobody"]
+    )
+    files = [
+        ("model_file", ("weights.txt", b"1")),
+        ("files", ("handler.py", PRYING_HANDLER.encode())),
+    ]
+    model = gw.api.post("/model/register", files=files, data={"name": "prying"}).json()
+    res = gw.api.post(
+        f"/model/{model['model_id']}/inference", json={"input_data": {}, "sync": True}
+    )
+    assert res.status_code == 200, res.text
+    task = res.json()
+    assert task["status"] == "completed", task
+    seen = task["result"]
+    assert seen["uid"] == pwd.getpwnam("nobody").pw_uid
+    assert seen["token"] == seen["vrungpu.db"] == "PermissionError"
+    assert seen["change model"] == "PermissionError"  # its model: read, never changed
+    ws = gw.data_dir / "workspaces" / task["task_id"]
+    assert (ws.stat().st_uid, mode(ws)) == (0, 0o700)

@@ -131,6 +131,7 @@ class Gateway:
             max_warm=config.max_warm_models,
             idle_timeout_s=config.worker_idle_timeout_s,
             grace_s=min(config.kill_grace_s, 5.0),
+            job_user=isolation.user,
         )
         tasks.pooled_runners[TaskType.INFERENCE] = workers
         kernels = cls._kernels(config, layout, db, tasks, runner, holders)

@@ -28,6 +28,7 @@ AUTO = "auto"
 SAME = "gateway"  # jobs run as the gateway's own user
 DEFAULT_NAME = "nobody"
 CHECK_TIMEOUT_S = 30.0
+PACKAGE_FILE = str(Path(__file__).resolve())  # kernels and model workers run files beside it
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,22 @@ def hand_over(workspace: str, user: JobUser | None) -> None:
     for top, dirs, files in os.walk(workspace):
         for name in (*dirs, *files):
             os.lchown(os.path.join(top, name), user.uid, user.gid)
+
+
+def share_read(folder: Path, user: JobUser | None) -> None:
+    """Let the job user read ``folder`` (a model for its worker), not change it: the
+    gateway's, folders 0755 and files 0644 (blocking). ``models/`` itself stays 0711, so
+    only a process that knows the model's id finds it."""
+    if user is None:
+        return
+    os.chmod(folder, 0o755)
+    for top, dirs, files in os.walk(folder):
+        for name in dirs:
+            os.chmod(os.path.join(top, name), 0o755)
+        for name in files:
+            path = os.path.join(top, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o644)
 
 
 def take_back(workspace: str, user: JobUser | None) -> None:
@@ -156,10 +173,10 @@ def _same_user_line(me: str, *, asked: bool) -> str:
 def usable(user: JobUser, *, python: str, reach: Path) -> str | None:
     """Why ``user`` cannot run jobs with ``python`` in ``reach``, or None when it can: the
     interpreter is started as that user, which then looks at the folder."""
-    probe = "import os, sys; os.stat(sys.argv[1])"
+    probe = "import os, sys; open(sys.argv[2]).close(); os.stat(sys.argv[1])"
     try:
         done = subprocess.run(  # noqa: S603 - our interpreter, our probe
-            [python, "-c", probe, str(reach)],
+            [python, "-c", probe, str(reach), PACKAGE_FILE],
             cwd="/",
             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
             stdin=subprocess.DEVNULL,
@@ -172,6 +189,11 @@ def usable(user: JobUser, *, python: str, reach: Path) -> str | None:
     if done.returncode == 0:
         return None
     text = done.stderr.decode(errors="replace")
+    if "PermissionError" in text and PACKAGE_FILE in text:
+        return (
+            f"{user.name} cannot read the gateway's package at {Path(PACKAGE_FILE).parent} "
+            "(kernels and model workers start from it)"
+        )
     if "PermissionError" in text and str(reach) in text:
         return f"{user.name} cannot reach the data dir {reach} (a parent folder is closed to it)"
     return f"{user.name} cannot run {python} ({_first_line(text) or done.returncode})"

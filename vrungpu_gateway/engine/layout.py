@@ -2,8 +2,9 @@
 
 Everything under the data dir is the gateway's alone: folders 0700, the database (and its
 WAL and shared-memory files), the token and the runtime files 0600. With a job user
-(``engine/jobuser.py``) the data dir, ``workspaces/`` and ``run/`` are 0711: the job user
-may pass through to its own workspace (and a kernel to its connection file) but list none.
+(``engine/jobuser.py``) the data dir, ``workspaces/``, ``run/`` and ``models/`` are 0711: the
+job user may pass through to its own workspace (a kernel to its connection file, a model
+worker to its model) but list none.
 """
 
 from __future__ import annotations
@@ -77,9 +78,9 @@ class DataLayout:
         """Set the modes (a data dir made by an older gateway had 0755 and 0644).
         ``passable``: a job user must pass through to its workspace."""
         through = 0o711 if passable else 0o700
-        for path in (self.root, self.workspaces, self.run):
+        for path in (self.root, self.workspaces, self.run, self.models):
             os.chmod(path, through)
-        for path in (self.logs, self.models, self.uploads):
+        for path in (self.logs, self.uploads):
             os.chmod(path, 0o700)
         for name in SECRET_FILES:
             with contextlib.suppress(FileNotFoundError):

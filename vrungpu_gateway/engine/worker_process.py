@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from vrungpu_gateway.engine import worker_main
+from vrungpu_gateway.engine.jobuser import JobUser
 from vrungpu_gateway.engine.runner import OutputCallback, signal_group
 
 log = logging.getLogger(__name__)
@@ -50,9 +51,17 @@ class WorkerProcess:
 
     @classmethod
     async def spawn(
-        cls, *, python: str, model_dir: Path, artifact: str, env: dict[str, str], log_path: Path
+        cls,
+        *,
+        python: str,
+        model_dir: Path,
+        artifact: str,
+        env: dict[str, str],
+        log_path: Path,
+        user: JobUser | None = None,
     ) -> WorkerProcess:
-        """Start a worker for the model in ``model_dir``; raises OSError when it cannot."""
+        """Start a worker for the model in ``model_dir`` (as ``user``, the job user, when
+        given: the model's code is the user's); raises OSError when it cannot."""
         parent, child = socket.socketpair()
         try:
             with open(log_path, "ab") as log_file:
@@ -66,6 +75,9 @@ class WorkerProcess:
                     stderr=asyncio.subprocess.STDOUT,
                     start_new_session=True,
                     pass_fds=(child.fileno(),),
+                    user=user.uid if user else None,
+                    group=user.gid if user else None,
+                    extra_groups=[] if user else None,
                 )
         except BaseException:
             parent.close()

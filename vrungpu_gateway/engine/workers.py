@@ -27,8 +27,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from vrungpu_gateway.engine import jobuser
 from vrungpu_gateway.engine.environment import job_environment
 from vrungpu_gateway.engine.events import Event, EventBus
+from vrungpu_gateway.engine.jobuser import JobUser
 from vrungpu_gateway.engine.layout import DataLayout
 from vrungpu_gateway.engine.manager import TaskManager
 from vrungpu_gateway.engine.model_record import ModelRecord, ModelStatus
@@ -167,9 +169,11 @@ class WorkerPool:
         max_warm: int,
         idle_timeout_s: float,
         grace_s: float,
+        job_user: JobUser | None = None,
     ) -> None:
         if max_warm < 1:
             raise ValueError("max_warm must be at least 1")
+        self.job_user = job_user  # workers run the model's code as this user (None: ours)
         self.tasks = tasks
         self.db = db
         self.layout = layout
@@ -305,6 +309,8 @@ class WorkerPool:
             gpu_ids=worker.gpu_ids,
             user_env={"PYTHONDONTWRITEBYTECODE": "1"},  # keep the model folder as registered
         )
+        env = jobuser.environment(env, self.job_user, str(model_dir))
+        await asyncio.to_thread(jobuser.share_read, model_dir, self.job_user)
         log_path = self.layout.logs / f"{worker.worker_id}.log"
         process = await WorkerProcess.spawn(
             python=self.tasks.python,
@@ -312,6 +318,7 @@ class WorkerPool:
             artifact=artifact,
             env=env,
             log_path=log_path,
+            user=self.job_user,
         )
         self.starts += 1
         if worker.state is WorkerState.STOPPING:  # stopped while it spawned: end it here
@@ -350,6 +357,7 @@ class WorkerPool:
             "input": str(spec.cwd / INPUT_FILE),
             "output": str(spec.cwd / RESULT_FILE),
         }
+        await asyncio.to_thread(jobuser.hand_over, str(spec.cwd), self.job_user)
         try:
             reply = await worker.process.request(message)
         except WorkerGone as exc:
@@ -359,6 +367,8 @@ class WorkerPool:
         except asyncio.CancelledError:
             await self._retire(worker, "a request was cancelled or timed out mid-predict", True)
             raise
+        finally:
+            await asyncio.to_thread(jobuser.take_back, str(spec.cwd), self.job_user)
         worker.last_used, worker.last_used_at = time.monotonic(), utcnow()
         forward_output(out, reply)
         if reply.get("ok"):
