@@ -19,6 +19,7 @@ from vrungpu_gateway import __version__, logmask
 from vrungpu_gateway.app import make_app
 from vrungpu_gateway.config import ON_STOP_CHOICES, GatewayConfig
 from vrungpu_gateway.service import Gateway
+from vrungpu_gateway.store import commands as db_commands
 
 log = logging.getLogger("vrungpu_gateway")
 
@@ -32,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vrungpu-gateway",
         description="Run Python jobs from notebooks on this host's GPUs. Every flag has a "
-        "VRUNGPU_* environment twin (e.g. --data-dir and VRUNGPU_DATA_DIR).",
+        "VRUNGPU_* environment twin (e.g. --data-dir and VRUNGPU_DATA_DIR). "
+        "`vrungpu-gateway db upgrade|current` manages the database schema.",
     )
     p.add_argument(
         "--host",
@@ -401,6 +403,9 @@ async def serve(config: GatewayConfig) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     os.umask(0o077)  # whatever the gateway writes (database, WAL, logs, workspaces) is its own
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["db"]:  # `vrungpu-gateway db upgrade|current`
+        raise SystemExit(db_commands.main(argv[1:]))
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -89,7 +89,9 @@ class Gateway:
         isolation = jobuser.choose(config.job_user, python=config.python, reach=layout.root)
         layout.secure(passable=isolation.user is not None)
         backend = backend or parse_gpu_spec(config.gpus)
-        db = Database.sqlite(layout.database)
+        db = Database.open(
+            config.db_url or Database.sqlite_url(layout.database), version=__version__
+        )
         bus = EventBus()
         scheduler = Scheduler(gpu_indices=backend.indices(), cpu_slots=config.cpu_slots)
         holders = GpuHolders()
@@ -237,7 +239,7 @@ class Gateway:
             "storage": {
                 "workspaces": str(self.layout.workspaces),
                 "models": str(self.layout.models),
-                "database": str(self.layout.database),
+                "database": self.db.where,
             },
         }
 

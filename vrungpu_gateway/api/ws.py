@@ -17,6 +17,7 @@ import tornado.web
 import tornado.websocket
 
 from vrungpu_gateway.api.base import token_from_request, token_matches
+from vrungpu_gateway.api.guard import BrowserPolicy
 from vrungpu_gateway.engine.streams import Client
 from vrungpu_gateway.service import Gateway
 
@@ -58,9 +59,9 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
             )
 
     def check_origin(self, origin: str) -> bool:
-        """Called only for a browser Origin other than our own: allow the --allow-origin ones."""
-        allowed = {o.rstrip("/").lower() for o in self.gateway.config.allow_origins}
-        return "*" in allowed or origin.rstrip("/").lower() in allowed
+        """Our own page or an --allow-origin one (the app's guard already refused the rest
+        with a JSON 403; tornado asks again here)."""
+        return BrowserPolicy.from_config(self.gateway.config).cross_origin(self.request) is None
 
     async def open(self, *args: Any, **kwargs: Any) -> None:
         self._limit_send_buffer()

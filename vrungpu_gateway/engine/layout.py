@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,4 +85,11 @@ class DataLayout:
             os.chmod(path, 0o700)
         for name in SECRET_FILES:
             with contextlib.suppress(FileNotFoundError):
-                os.chmod(self.root / name, 0o600)
+                _chmod_if_needed(self.root / name, 0o600)
+
+
+def _chmod_if_needed(path: Path, mode: int) -> None:
+    """Set a mode only when it differs: a read-only database file that is already 0600 is
+    then refused by the store with one line, not by a failed chmod."""
+    if stat.S_IMODE(os.stat(path).st_mode) != mode:
+        os.chmod(path, mode)

@@ -1,34 +1,50 @@
-"""The database handle: SQLite in WAL mode with a busy timeout, one session per call.
+"""The database handle: SQLite (WAL, busy timeout) or PostgreSQL, one session per call.
 
 Every method here blocks; the engine calls them through ``Database.run`` (or ``submit``) so
 they run on one dedicated thread, off the event loop and in the order they were asked for
 (SQLite has a single writer). A call that meets a locked database is retried until
 ``busy_retry_s`` passes: another process holding the lock delays our writes, it does not
-change what they record.
+change what they record. Any other storage error leaves here as ``Unavailable`` (503,
+``storage_unavailable``) with one line and no SQL; at start (``Database.open``) it is a
+``StoreStartError``, one line that stops the gateway.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, inspect, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
-from vrungpu_gateway.store.models import Base
+from vrungpu_gateway.engine.errors import Unavailable
+from vrungpu_gateway.store import migrate
+from vrungpu_gateway.store.models import LeaseRow
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 BUSY_TIMEOUT_MS = 5000
 BUSY_RETRY_S = 600.0  # how long a locked database is waited for before a call fails
+BUSY_WORDS = ("locked", "busy", "deadlock detected", "could not serialize")
+LOCK_KEY = 0x76_72_75_6E_67_70_75  # "vrungpu": the PostgreSQL advisory lock of the gateway
+LEASE_ID = 1
+
+
+class StoreStartError(ValueError):
+    """The database cannot be used at start (garbage, read-only, newer, held): one line."""
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -43,51 +59,100 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 def is_busy(exc: BaseException) -> bool:
     """A lock held by another connection or process: worth another try."""
     message = str(getattr(exc, "orig", exc)).lower()
-    return isinstance(exc, OperationalError) and ("locked" in message or "busy" in message)
+    return isinstance(exc, OperationalError) and any(word in message for word in BUSY_WORDS)
+
+
+def reason(exc: BaseException) -> str:
+    """What went wrong, in one line and without the statement: the driver's first line."""
+    first = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return (first[0] if first else type(exc).__name__)[:200]
 
 
 class Database:
     def __init__(self, url: str, *, busy_retry_s: float = BUSY_RETRY_S) -> None:
-        self.url = url
+        self.url = make_url(url)
         self.busy_retry_s = busy_retry_s
-        self.engine: Engine = create_engine(url, future=True)
-        if url.startswith("sqlite"):
+        options: dict[str, Any] = {"pool_pre_ping": True} if self.is_postgres else {}
+        self.engine: Engine = create_engine(self.url, **options)
+        if self.url.get_backend_name() == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vrungpu-db")
-        self._retrying(self._create_schema)
+        self._lock: Connection | None = None  # PostgreSQL: holds the advisory lock
 
     @classmethod
-    def sqlite(cls, path: Path) -> Database:
-        return cls(f"sqlite:///{path}")
+    def sqlite_url(cls, path: Path) -> str:
+        return f"sqlite:///{path}"
 
-    def _create_schema(self) -> None:
-        Base.metadata.create_all(self.engine)
-        self._add_missing_columns()
+    @classmethod
+    def open(cls, url: str, *, version: str, **kwargs: Any) -> Database:
+        """The gateway's database: upgraded to this code's schema, held by this gateway
+        (a lease row, and on PostgreSQL an advisory lock); StoreStartError otherwise."""
+        db = cls(url, **kwargs)
+        try:
+            db.upgrade()
+            db._starting(db._take_lease, version)
+        except BaseException:
+            db.close()
+            raise
+        return db
 
-    def _add_missing_columns(self) -> None:
-        """Columns added since a data dir was made (new columns only, each with a default)."""
-        inspector = inspect(self.engine)
-        with self.engine.begin() as conn:
-            for table in Base.metadata.sorted_tables:
-                have = {c["name"] for c in inspector.get_columns(table.name)}
-                for column in table.columns:
-                    if column.name in have:
-                        continue
-                    kind = column.type.compile(self.engine.dialect)
-                    default = getattr(column.default, "arg", None)
-                    clause = f" DEFAULT {int(default)}" if isinstance(default, bool | int) else ""
-                    conn.execute(
-                        text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}{clause}')
-                    )
-                    log.info("database: added column %s.%s", table.name, column.name)
+    def upgrade(self) -> tuple[str | None, str]:
+        """Bring the schema to this code's head: (revision before, revision now)."""
+        return self._starting(migrate.upgrade, self.engine)
 
+    def revision(self) -> str | None:
+        return self._starting(migrate.current, self.engine)
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.url.get_backend_name() == "postgresql"
+
+    @property
+    def where(self) -> str:
+        """The database as shown to people: the SQLite file, or the URL without password."""
+        if self.url.get_backend_name() == "sqlite":
+            return self.url.database or ":memory:"
+        return self.url.render_as_string(hide_password=True)
+
+    # -- the lease: one gateway per database ---------------------------------------------------
+    def _take_lease(self, version: str) -> None:
+        if self.is_postgres:
+            conn = self.engine.connect()
+            held = conn.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": LOCK_KEY})
+            conn.commit()
+            if not held:
+                conn.close()
+                raise StoreStartError(
+                    f"the database {self.where} is in use by another gateway "
+                    f"({self._holder()}); one gateway per database"
+                )
+            self._lock = conn
+        with self.session() as session:  # on SQLite also the proof that it takes writes
+            session.merge(
+                LeaseRow(
+                    lease_id=LEASE_ID,
+                    host=socket.gethostname()[:255],
+                    pid=os.getpid(),
+                    version=version[:32],
+                    started_at=datetime.now(UTC),
+                )
+            )
+
+    def _holder(self) -> str:
+        with self.session() as session:
+            row = session.get(LeaseRow, LEASE_ID)
+            if row is None:
+                return "host and pid unknown"
+            return f"host {row.host}, pid {row.pid}, since {row.started_at:%Y-%m-%d %H:%M} UTC"
+
+    # -- calls ---------------------------------------------------------------------------------
     @contextmanager
     def session(self) -> Iterator[Session]:
         with self._sessions() as session, session.begin():
             yield session
 
-    def _retrying(self, fn: Callable[..., T], *args: Any) -> T:
+    def _retry_busy(self, fn: Callable[..., T], *args: Any) -> T:
         give_up = time.monotonic() + self.busy_retry_s
         delay = 0.05
         while True:
@@ -96,9 +161,25 @@ class Database:
             except OperationalError as exc:
                 if not is_busy(exc) or time.monotonic() >= give_up:
                     raise
-                log.warning("database busy (%s); retrying", getattr(exc, "orig", exc))
+                log.warning("database busy (%s); retrying", reason(exc))
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
+
+    def _retrying(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return self._retry_busy(fn, *args)
+        except (DBAPIError, PoolTimeout) as exc:  # not ORM misuse: that is a bug, a 500
+            log.error("database error in %s: %s", getattr(fn, "__name__", fn), reason(exc))
+            raise Unavailable(
+                f"the database is unavailable: {reason(exc)}", code="storage_unavailable"
+            ) from exc
+
+    def _starting(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return self._retry_busy(fn, *args)
+        except DBAPIError as exc:
+            where = self.where
+            raise StoreStartError(f"the database {where} cannot be used: {reason(exc)}") from None
 
     def submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """Queue a blocking repository call now (calls run in the order submitted)."""
@@ -111,4 +192,11 @@ class Database:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+        if self._lock is not None:
+            try:
+                self._lock.execute(text("SELECT pg_advisory_unlock_all()"))
+                self._lock.close()
+            except DBAPIError as exc:  # the server went away: the lock went with it
+                log.warning("database: releasing the gateway lock: %s", reason(exc))
+            self._lock = None
         self.engine.dispose()

@@ -1,4 +1,7 @@
-"""SQLAlchemy tables: tasks, registered models and remote kernels."""
+"""SQLAlchemy tables: tasks, registered models, remote kernels and the gateway lease.
+
+The schema is made by the Alembic revisions in ``store/migrations/``: a change here needs one.
+"""
 
 from __future__ import annotations
 
@@ -116,3 +119,15 @@ class KernelRow(Base):
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     end_reason: Mapped[str | None] = mapped_column(Text)
     owner: Mapped[str | None] = mapped_column(String(200), index=True)
+
+
+class LeaseRow(Base):
+    """The gateway holding the database (one row): named when a second one is refused."""
+
+    __tablename__ = "gateway_lease"
+
+    lease_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    version: Mapped[str] = mapped_column(String(32))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)

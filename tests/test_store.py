@@ -1,0 +1,111 @@
+"""The store's failures: a garbage or read-only database stops the start with one line
+(exit 2); a storage error while serving answers 503 without SQL and holds no GPU."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import GatewayProcess, wait_for
+from tests.test_migrations import refusal
+from vrungpu_gateway.store.db import Database
+
+SQL_WORDS = ("INSERT", "UPDATE", "SELECT", "[SQL", "sqlalchemy", "Traceback")
+
+
+def test_a_garbage_database_stops_the_start_with_one_line(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "vrungpu.db").write_bytes(b"this is not SQLite\n" * 400)
+    line = refusal(data)
+    assert (
+        line == f"vrungpu-gateway: the database {data.resolve()}/vrungpu.db cannot be used: "
+        "file is not a database"
+    )
+
+
+@contextlib.contextmanager
+def immutable(path: Path) -> Iterator[None]:
+    """``chattr +i``: read-only even for root (who ignores file modes)."""
+    done = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"chattr +i does not work here ({done.stderr.strip()}): no read-only file")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def test_a_read_only_database_stops_the_start_with_one_line(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    path = data / "vrungpu.db"
+    db = Database(Database.sqlite_url(path))
+    db.upgrade()
+    db.close()
+    path.chmod(0o600)
+    with immutable(path):
+        line = refusal(data)
+    assert line.endswith("cannot be used: attempt to write a readonly database"), line
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MB tmpfs (root only): a disk that can be filled up."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}): no disk to fill")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def fill(disk: Path) -> Path:
+    """Take every free byte of ``disk``."""
+    filler = disk / "filler"
+    with open(filler, "wb") as fh:
+        try:
+            while True:
+                fh.write(b"\0" * 65536)
+                fh.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+    return filler
+
+
+def test_a_full_disk_answers_503_without_sql_and_keeps_no_gpu(
+    start_gateway: Callable[..., GatewayProcess], small_disk: Path
+) -> None:
+    gw = start_gateway(gpus="sim:1", extra=["--db-url", f"sqlite:///{small_disk}/vrungpu.db"])
+    api = gw.api
+    assert api.post("/run/sync", json={"code": "print(1)"}).json()["status"] == "completed"
+    filler = fill(small_disk)
+    big_env = {"PAD": "x" * 200_000}  # new pages: the write needs room that is not there
+    refused = None
+    for _ in range(40):
+        res = api.post("/run/async", json={"code": "print(2)", "gpus": 1, "env": big_env})
+        if res.status_code == 503:
+            refused = res
+            break
+        assert res.status_code == 202, res.text
+    assert refused is not None, "no write failed on a full disk"
+    body = refused.json()
+    assert body["code"] == "storage_unavailable" and "disk is full" in body["detail"]
+    assert "\n" not in body["detail"] and not any(w in body["detail"] for w in SQL_WORDS)
+    filler.unlink()
+    wait_for(lambda: api.get("/gpu/pool").json()["available_gpus"] == [0], 30, what="GPU free")
+    again = api.post("/run/sync", json={"code": "print(3)", "gpus": 1}).json()
+    assert again["status"] == "completed" and again["gpu_ids"] == [0]
+    assert api.get(f"/task/{again['task_id']}").json()["status"] == "completed"
