@@ -8,7 +8,12 @@ from typing import Any
 
 import pytest
 
+from tests.pg_support import PostgresServer, find_binaries
 from tests.support import Api, Gate, GatewayProcess
+
+# Modules whose gateways run twice: on SQLite (the default) and on a throwaway PostgreSQL.
+BOTH_DATABASES = {"test_api_service", "test_tasks_api", "test_postgres"}
+SQLITE_ONLY = {"test_bad_run_requests_are_4xx_with_one_line"}  # refused before the store
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -18,13 +23,49 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: "/tests/browser/" in str(item.path))
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    module = metafunc.module.__name__.rsplit(".", 1)[-1]
+    both = module in BOTH_DATABASES and metafunc.function.__name__ not in SQLITE_ONLY
+    if "db_kind" in metafunc.fixturenames and both:
+        metafunc.parametrize("db_kind", ["sqlite", "postgresql"], indirect=True)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL server for the whole run (skips, saying why, without one)."""
+    bin_dir, why = find_binaries()
+    if bin_dir is None:
+        pytest.skip(why)
+    server = PostgresServer(bin_dir)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
 @pytest.fixture
-def start_gateway(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
-    """Start gateways on demand (each with its own data dir unless given); stop them all."""
+def db_kind(request: pytest.FixtureRequest) -> str:
+    """The store of the gateways a test starts: sqlite, or postgresql (see BOTH_DATABASES)."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture
+def start_gateway(
+    tmp_path: Path, db_kind: str, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., GatewayProcess]]:
+    """Start gateways on demand (each with its own data dir unless given); stop them all.
+    On PostgreSQL each data dir gets its own database."""
     started: list[GatewayProcess] = []
+    databases: dict[Path, str] = {}
 
     def start(data_dir: Path | None = None, **kwargs: Any) -> GatewayProcess:
-        gw = GatewayProcess(data_dir or tmp_path / f"data{len(started)}", **kwargs).start()
+        data_dir = data_dir or tmp_path / f"data{len(started)}"
+        extra = list(kwargs.pop("extra", None) or [])
+        if db_kind == "postgresql" and "--db-url" not in extra:
+            if data_dir not in databases:
+                databases[data_dir] = request.getfixturevalue("postgres").new_database()
+            extra += ["--db-url", databases[data_dir]]
+        gw = GatewayProcess(data_dir, extra=extra, **kwargs).start()
         started.append(gw)
         return gw
 

@@ -35,7 +35,10 @@ def test_root_reports_service_and_storage(api: Api, gateway: GatewayProcess) -> 
     assert body["service"] == "VrunGPU" and body["status"] == "running"
     assert body["gpu_count"] == 2 and body["available_gpus"] == 2
     assert body["total_tasks"] == 0 and body["total_models"] == 0
-    assert body["storage"]["database"].endswith("vrungpu.db")
+    db_url = dict(zip(gateway.extra, gateway.extra[1:], strict=False)).get("--db-url")
+    assert body["storage"]["database"] == db_url or body["storage"]["database"].endswith(
+        "/vrungpu.db"
+    )
     assert body["storage"]["workspaces"] == str((gateway.data_dir / "workspaces").resolve())
 
 
