@@ -12,7 +12,7 @@ from tests.pg_support import PostgresServer, find_binaries
 from tests.support import Api, Gate, GatewayProcess
 
 # Modules whose gateways run twice: on SQLite (the default) and on a throwaway PostgreSQL.
-BOTH_DATABASES = {"test_api_service", "test_tasks_api", "test_postgres"}
+BOTH_DATABASES = {"test_api_service", "test_tasks_api"}
 SQLITE_ONLY = {"test_bad_run_requests_are_4xx_with_one_line"}  # refused before the store
 
 

@@ -15,7 +15,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, create_engine, inspect, text
 
-from tests.support import REPO, TOKEN, GatewayProcess
+from tests.support import REPO, TOKEN, Api, GatewayProcess
 from vrungpu_gateway.store import migrate
 from vrungpu_gateway.store.models import Base
 
@@ -32,11 +32,11 @@ def gateway_cmd(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def refusal(data_dir: Path) -> str:
+def refusal(data_dir: Path, *extra: str) -> str:
     """Start a gateway on ``data_dir`` that must refuse: exit code 2, the reason as the last
     line, no traceback."""
     done = gateway_cmd(
-        "--data-dir", str(data_dir), "--port", "0", "--gpus", "sim:1", "--token", TOKEN
+        "--data-dir", str(data_dir), "--port", "0", "--gpus", "sim:1", "--token", TOKEN, *extra
     )
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stdout + done.stderr
@@ -44,38 +44,43 @@ def refusal(data_dir: Path) -> str:
 
 
 def v050_database(path: Path) -> None:
-    """A database as v0.5.0 left it (its create_all DDL), with a task of each ending and
-    two versions of a model."""
+    """A SQLite database as v0.5.0 left it (its create_all DDL), with ``v050_rows``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with sqlite3.connect(path) as conn:
         conn.executescript(V050_SQL.read_text())
-        for n, (status, code, reason) in enumerate(
-            [("completed", 0, None), ("failed", 3, "exit_code"), ("cancelled", None, "cancelled")]
-        ):
+    v050_rows(create_engine(f"sqlite:///{path}"))
+
+
+def v050_rows(engine: Engine) -> None:
+    """A task of each ending and two versions of a model, in v0.5.0's columns (SQL that
+    SQLite and PostgreSQL both take)."""
+    endings = [("completed", "0", "NULL"), ("failed", "3", "'exit_code'")]
+    endings.append(("cancelled", "NULL", "'cancelled'"))
+    with engine.begin() as conn:
+        for n, (status, code, reason) in enumerate(endings):
+            day = f"2026-01-0{n + 1}"
             conn.execute(
-                "INSERT INTO tasks (task_id, name, status, task_type, device, gpus, gpu_id, "
-                "gpu_ids, priority, timeout, entry_point, args, env, created_at, started_at, "
-                "completed_at, return_code, failure_reason, progress, save_model, result) "
-                "VALUES (?, ?, ?, 'training', 'gpu', 1, 0, '[0]', 0, 60.0, 'main.py', '[\"a\"]', "
-                '\'{"K": "v"}\', ?, ?, ?, ?, ?, 1.0, 0, \'{"x": 1}\')',
-                (
-                    f"old-task-{n}",
-                    f"old {n}",
-                    status,
-                    f"2026-01-0{n + 1} 10:00:00.000000",
-                    f"2026-01-0{n + 1} 10:00:01.000000",
-                    f"2026-01-0{n + 1} 10:00:05.000000",
-                    code,
-                    reason,
+                text(
+                    "INSERT INTO tasks (task_id, name, status, task_type, device, gpus, gpu_id, "
+                    "gpu_ids, priority, timeout, entry_point, args, env, created_at, started_at, "
+                    "completed_at, return_code, failure_reason, progress, save_model, result) "
+                    f"VALUES ('old-task-{n}', 'old {n}', '{status}', 'training', 'gpu', 1, 0, "
+                    "'[0]', 0, 60.0, 'main.py', '[\"a\"]', '{\"K\": \"v\"}', "
+                    f"'{day} 10:00:00', '{day} 10:00:01', '{day} 10:00:05', {code}, {reason}, "
+                    "1.0, :no, '{\"x\": 1}')"
                 ),
+                {"no": False},
             )
         for version in (1, 2):
             conn.execute(
-                "INSERT INTO models (model_id, name, version, model_type, framework, status, "
-                "file_name, file_size, sha256, kind, handler, files, task_id, metrics, "
-                "created_at) VALUES (?, 'digits', ?, 'cnn', 'torch', 'archived', 'model.pt', "
-                "10, ?, 'file', 'builtin', '[\"model.pt\"]', 'old-task-0', '{\"acc\": 0.9}', ?)",
-                (f"old-model-{version}", version, "ab" * 32, f"2026-01-0{version} 11:00:00"),
+                text(
+                    "INSERT INTO models (model_id, name, version, model_type, framework, status, "
+                    "file_name, file_size, sha256, kind, handler, files, task_id, metrics, "
+                    f"created_at) VALUES ('old-model-{version}', 'digits', {version}, 'cnn', "
+                    f"'torch', 'archived', 'model.pt', 10, '{'ab' * 32}', 'file', 'builtin', "
+                    "'[\"model.pt\"]', 'old-task-0', '{\"acc\": 0.9}', "
+                    f"'2026-01-0{version} 11:00:00')"
+                )
             )
 
 
@@ -97,6 +102,29 @@ def drift(engine: Engine) -> list[object]:
     """How the database differs from the code's tables (nothing, when migrations are right)."""
     with engine.connect() as conn:
         return compare_metadata(MigrationContext.configure(conn), Base.metadata)
+
+
+def rows_are_served(api: Api) -> None:
+    """Every row of ``v050_rows`` through the API, and new work stored beside them."""
+    listing = api.get("/tasks")
+    assert listing.headers["X-Total-Count"] == "3"
+    tasks = {t["task_id"]: t for t in listing.json()}
+    assert {t["status"] for t in tasks.values()} == {"completed", "failed", "cancelled"}
+    done = api.get("/task/old-task-0").json()
+    assert done["name"] == "old 0" and done["gpu_ids"] == [0] and done["return_code"] == 0
+    assert done["completed_at"].startswith("2026-01-01T10:00:05")
+    assert api.get("/task/old-task-1").json()["failure_reason"] == "exit_code"
+    models = api.get("/models").json()
+    shown = models["models"] if isinstance(models, dict) else models
+    assert {m["model_id"] for m in shown} == {"old-model-1", "old-model-2"}
+    model = api.get("/model/old-model-2").json()
+    assert model["version"] == 2 and model["metrics"] == {"acc": 0.9}
+    assert model["task_id"] == "old-task-0"
+    # the new columns are there with their defaults, and new work is stored beside the old
+    assert done["stdout_log_truncated"] is False
+    new = api.post("/run/sync", json={"code": "print('new')"}).json()
+    assert new["status"] == "completed"
+    assert api.get("/tasks").headers["X-Total-Count"] == "4"
 
 
 def test_revision_0001_is_the_schema_of_v050(tmp_path: Path) -> None:
@@ -125,26 +153,7 @@ def test_a_v050_database_keeps_every_row_through_the_gateway(
 ) -> None:
     data = tmp_path / "data"
     v050_database(data / "vrungpu.db")
-    api = start_gateway(data_dir=data).api
-    listing = api.get("/tasks")
-    assert listing.headers["X-Total-Count"] == "3"
-    tasks = {t["task_id"]: t for t in listing.json()}
-    assert {t["status"] for t in tasks.values()} == {"completed", "failed", "cancelled"}
-    done = api.get("/task/old-task-0").json()
-    assert done["name"] == "old 0" and done["gpu_ids"] == [0] and done["return_code"] == 0
-    assert done["completed_at"].startswith("2026-01-01T10:00:05")
-    assert api.get("/task/old-task-1").json()["failure_reason"] == "exit_code"
-    models = api.get("/models").json()
-    shown = models["models"] if isinstance(models, dict) else models
-    assert {m["model_id"] for m in shown} == {"old-model-1", "old-model-2"}
-    model = api.get("/model/old-model-2").json()
-    assert model["version"] == 2 and model["metrics"] == {"acc": 0.9}
-    assert model["task_id"] == "old-task-0"
-    # the new columns are there with their defaults, and new work is stored beside the old
-    assert done["stdout_log_truncated"] is False
-    new = api.post("/run/sync", json={"code": "print('new')"}).json()
-    assert new["status"] == "completed"
-    assert api.get("/tasks").headers["X-Total-Count"] == "4"
+    rows_are_served(start_gateway(data_dir=data).api)
     assert drift(create_engine(f"sqlite:///{data / 'vrungpu.db'}")) == []
 
 
