@@ -109,3 +109,18 @@ def test_a_full_disk_answers_503_without_sql_and_keeps_no_gpu(
     again = api.post("/run/sync", json={"code": "print(3)", "gpus": 1}).json()
     assert again["status"] == "completed" and again["gpu_ids"] == [0]
     assert api.get(f"/task/{again['task_id']}").json()["status"] == "completed"
+
+
+def test_one_gateway_per_sqlite_database_too(
+    start_gateway: Callable[..., GatewayProcess], tmp_path: Path
+) -> None:
+    """Two data dirs, one --db-url file: the second gateway is refused, naming the first."""
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    first = start_gateway(extra=["--db-url", url])
+    assert first.proc is not None
+    line = refusal(tmp_path / "other", "--db-url", url)
+    assert f"the database {tmp_path / 'shared.db'} is in use by another gateway" in line
+    assert f"pid {first.proc.pid}," in line
+    first.stop()
+    second = start_gateway(data_dir=tmp_path / "other", extra=["--db-url", url])
+    assert second.api.get("/tasks").status_code == 200

@@ -12,6 +12,7 @@ change what they record. Any other storage error leaves here as ``Unavailable`` 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import socket
@@ -79,6 +80,7 @@ class Database:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vrungpu-db")
         self._lock: Connection | None = None  # PostgreSQL: holds the advisory lock
+        self._file_lock: int | None = None  # SQLite: an flock on the database file
 
     @classmethod
     def sqlite_url(cls, path: Path) -> str:
@@ -117,17 +119,11 @@ class Database:
 
     # -- the lease: one gateway per database ---------------------------------------------------
     def _take_lease(self, version: str) -> None:
-        if self.is_postgres:
-            conn = self.engine.connect()
-            held = conn.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": LOCK_KEY})
-            conn.commit()
-            if not held:
-                conn.close()
-                raise StoreStartError(
-                    f"the database {self.where} is in use by another gateway "
-                    f"({self._holder()}); one gateway per database"
-                )
-            self._lock = conn
+        if not (self._lock_postgres() if self.is_postgres else self._lock_file()):
+            raise StoreStartError(
+                f"the database {self.where} is in use by another gateway "
+                f"({self._holder()}); one gateway per database"
+            )
         with self.session() as session:  # on SQLite also the proof that it takes writes
             session.merge(
                 LeaseRow(
@@ -138,6 +134,30 @@ class Database:
                     started_at=datetime.now(UTC),
                 )
             )
+
+    def _lock_postgres(self) -> bool:
+        """A session advisory lock, on a connection kept for the gateway's life."""
+        conn = self.engine.connect()
+        held = conn.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": LOCK_KEY})
+        conn.commit()
+        if not held:
+            conn.close()
+            return False
+        self._lock = conn
+        return True
+
+    def _lock_file(self) -> bool:
+        """An flock on the SQLite file (SQLite's own locks are fcntl locks: no clash)."""
+        if self.url.database in (None, "", ":memory:"):
+            return True
+        fd = os.open(self.url.database, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._file_lock = fd
+        return True
 
     def _holder(self) -> str:
         with self.session() as session:
@@ -199,4 +219,7 @@ class Database:
             except DBAPIError as exc:  # the server went away: the lock went with it
                 log.warning("database: releasing the gateway lock: %s", reason(exc))
             self._lock = None
+        if self._file_lock is not None:
+            os.close(self._file_lock)
+            self._file_lock = None
         self.engine.dispose()
