@@ -13,6 +13,7 @@ from typing import Any
 
 import tornado.web
 
+from vrungpu_gateway.api.jsonin import parse_object
 from vrungpu_gateway.engine.errors import (
     Conflict,
     EngineError,
@@ -82,15 +83,8 @@ class BaseHandler(tornado.web.RequestHandler):
 
     # -- JSON helpers ------------------------------------------------------------------------
     def json_body(self) -> dict[str, Any]:
-        if not self.request.body:
-            raise InvalidRequest("request body is empty: send a JSON object", code="bad_json")
-        try:
-            body = json.loads(self.request.body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidRequest(f"invalid JSON: {exc}", code="bad_json") from exc
-        if not isinstance(body, dict):
-            raise InvalidRequest("the JSON body must be an object", code="bad_json")
-        return body
+        """The body as a JSON object, strictly decoded (api/jsonin.py): 400 bad_json else."""
+        return parse_object(self.request.body)
 
     def write_json(self, payload: Any, status: int = 200) -> None:
         self.set_status(status)
