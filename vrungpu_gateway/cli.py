@@ -16,6 +16,7 @@ import tornado.httpserver
 import tornado.netutil
 
 from vrungpu_gateway import __version__, logmask
+from vrungpu_gateway.api.bodylimit import SLACK_BYTES, BodyLimit
 from vrungpu_gateway.app import make_app
 from vrungpu_gateway.config import ON_STOP_CHOICES, GatewayConfig
 from vrungpu_gateway.service import Gateway
@@ -366,9 +367,10 @@ async def serve(config: GatewayConfig) -> None:
     tls = ssl_context(config)  # a bad certificate fails before anything starts
     gateway = Gateway.create(config)
     await gateway.start()
+    max_body = int(config.max_body_mb * 2**20)  # uploads raise their own in prepare()
     server = tornado.httpserver.HTTPServer(
-        make_app(gateway),
-        max_body_size=config.max_upload_mb * 2**20 + 2**20,
+        BodyLimit(make_app(gateway), max_bytes=max_body),
+        max_body_size=max_body + SLACK_BYTES,
         max_buffer_size=64 * 2**20,
         idle_connection_timeout=3600,
         ssl_options=tls,

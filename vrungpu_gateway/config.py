@@ -103,6 +103,25 @@ class GatewayConfig:
         if not (0 <= self.port <= 65535):
             raise ValueError("--port must be between 0 and 65535")
         self._check_secrets()
+        self._check_limits()
+
+    def _check_limits(self) -> None:
+        for flag, value in (
+            ("--max-body-mb", self.max_body_mb),
+            ("--max-code-kb", self.max_code_kb),
+            ("--max-env-kb", self.max_env_kb),
+            ("--max-args-kb", self.max_args_kb),
+            ("--max-progress-chars", self.max_progress_chars),
+            ("--max-unpack-mb", self.max_unpack_mb),
+            ("--max-zip-ratio", self.max_zip_ratio),
+            ("--max-zip-members", self.max_zip_members),
+            ("--max-upload-mb", self.max_upload_mb),
+        ):
+            if not 0 < value < float("inf"):
+                raise ValueError(f"{flag} must be a number > 0")
+        for flag, count in (("--max-env-vars", self.max_env_vars), ("--max-args", self.max_args)):
+            if count < 0:
+                raise ValueError(f"{flag} must be >= 0")
 
     def _check_secrets(self) -> None:
         if self.token_file is not None:

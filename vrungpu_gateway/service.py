@@ -15,10 +15,12 @@ from typing import Any
 from vrungpu_gateway import __version__, logmask
 from vrungpu_gateway.config import GatewayConfig, resolve_token
 from vrungpu_gateway.engine import jobuser
+from vrungpu_gateway.engine.archive import ZipLimits
 from vrungpu_gateway.engine.events import EventBus
 from vrungpu_gateway.engine.gpu_monitor import GpuHolders, GpuMonitor, HolderSource
 from vrungpu_gateway.engine.kernels import KernelLauncher, KernelManager, KernelSettings
 from vrungpu_gateway.engine.layout import DataLayout
+from vrungpu_gateway.engine.limits import RequestLimits
 from vrungpu_gateway.engine.manager import TaskManager
 from vrungpu_gateway.engine.metrics import GatewayMetrics, GatewayParts
 from vrungpu_gateway.engine.pyenvs import EnvCache, find_uv
@@ -124,6 +126,7 @@ class Gateway:
             python=config.python,
             kill_grace_s=config.kill_grace_s,
             envs=envs,
+            limits=RequestLimits.from_config(config),
         )
         workers = WorkerPool(
             tasks=tasks,
@@ -144,7 +147,7 @@ class Gateway:
             tasks=tasks,
             pool=workers,
             bus=bus,
-            max_unpack_bytes=config.max_upload_mb * 2**20 * 4,
+            zip_limits=ZipLimits.from_config(config),
         )
         token = resolve_token(config, layout.root)
         logmask.register_secret(token)

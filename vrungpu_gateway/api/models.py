@@ -11,6 +11,7 @@ from typing import Any
 import tornado.web
 
 from vrungpu_gateway.api.base import BaseHandler
+from vrungpu_gateway.api.bodylimit import body_too_large, declared_length, refuse
 from vrungpu_gateway.api.schemas import parse_task_spec
 from vrungpu_gateway.api.uploads import MultipartSink, UploadedFile
 from vrungpu_gateway.engine.errors import InvalidRequest, TooLarge
@@ -19,7 +20,6 @@ from vrungpu_gateway.engine.registry import ModelMeta
 
 MODEL_ID = r"(?P<model_id>[A-Za-z0-9_.-]{1,64})"
 ARTIFACT_FIELDS = ("model_file", "file")
-MAX_JSON_BODY = 1024 * 1024
 MAX_METRICS_BYTES = 64 * 1024
 INFERENCE_TIMEOUT_S = 300.0
 INFERENCE_OPTIONS = ("timeout", "gpu_id", "device", "priority", "name")
@@ -127,31 +127,39 @@ class ModelRegisterHandler(BaseHandler):
 
     sink: MultipartSink | None = None
     buffer: bytearray | None = None
+    max_json = 0
 
     def prepare(self) -> None:
         super().prepare()
         ctype = self.request.headers.get("Content-Type", "")
+        declared, config = declared_length(self.request.headers), self.gateway.config
         if ctype.lower().startswith("multipart/"):
-            limit = self.gateway.config.max_upload_mb * 2**20
+            limit = config.max_upload_mb * 2**20
+            if declared > limit + 2**20:
+                refuse(self, TooLarge(f"upload larger than {config.max_upload_mb} MB"))
+                return
             self.request.connection.set_max_body_size(limit + 2**20)  # type: ignore[union-attr]
             self.sink = MultipartSink(ctype, self.gateway.layout.uploads, max_file_bytes=limit)
         else:
+            self.max_json = int(config.max_body_mb * 2**20)
+            if declared > self.max_json:
+                refuse(self, body_too_large(self.max_json))
+                return
             self.buffer = bytearray()
 
     def data_received(self, chunk: bytes) -> None:
         if self.sink is not None:
             try:
                 self.sink.feed(chunk)
-            except Exception:
+            except (InvalidRequest, TooLarge) as exc:
                 self.sink.discard()
-                raise
+                refuse(self, exc)  # now: the rest of the body is never read
         elif self.buffer is not None:
+            if len(self.buffer) + len(chunk) > self.max_json:
+                self.buffer = None
+                refuse(self, body_too_large(self.max_json))
+                return
             self.buffer += chunk
-            if len(self.buffer) > MAX_JSON_BODY:
-                raise TooLarge(
-                    "a JSON registration body must be under 1 MB; upload files "
-                    "as multipart/form-data"
-                )
 
     def on_connection_close(self) -> None:
         if self.sink is not None:

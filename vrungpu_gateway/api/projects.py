@@ -8,8 +8,10 @@ from pathlib import Path
 import tornado.web
 
 from vrungpu_gateway.api.base import BaseHandler
+from vrungpu_gateway.api.bodylimit import declared_length, refuse
 from vrungpu_gateway.api.schemas import parse_task_spec
 from vrungpu_gateway.api.uploads import MultipartSink, UploadedFile, remove_quietly
+from vrungpu_gateway.engine.archive import ZipLimits
 from vrungpu_gateway.engine.errors import InvalidRequest, TooLarge
 from vrungpu_gateway.engine.workspace import extract_project, place_script
 
@@ -20,29 +22,30 @@ FORM_OVERHEAD = 2**20  # room for the other form fields around the file
 @tornado.web.stream_request_body
 class RunProjectHandler(BaseHandler):
     sink: MultipartSink | None = None
+    failure: Exception | None = None
 
     def prepare(self) -> None:
         super().prepare()
         limit = self.gateway.config.max_upload_mb * 2**20
-        declared = int(self.request.headers.get("Content-Length") or 0)
-        if declared > limit + FORM_OVERHEAD:
-            raise TooLarge(f"upload larger than {self.gateway.config.max_upload_mb} MB")
+        if declared_length(self.request.headers) > limit + FORM_OVERHEAD:
+            refuse(self, TooLarge(f"upload larger than {self.gateway.config.max_upload_mb} MB"))
+            return
         self.request.connection.set_max_body_size(limit + FORM_OVERHEAD)  # type: ignore[union-attr]
         self.sink = MultipartSink(
             self.request.headers.get("Content-Type", ""),
             self.gateway.layout.uploads,
             max_file_bytes=limit,
         )
-        self.failure: Exception | None = None
 
     def data_received(self, chunk: bytes) -> None:
         if self.failure is not None or self.sink is None:
-            return  # drain the rest of the body so the client reads our error
+            return
         try:
             self.sink.feed(chunk)
         except (InvalidRequest, TooLarge) as exc:
             self.failure = exc
             self.sink.discard()
+            refuse(self, exc)  # now: the rest of the body is never read into a file
 
     def on_connection_close(self) -> None:
         if self.sink is not None:
@@ -65,7 +68,7 @@ class RunProjectHandler(BaseHandler):
                 _prepare,
                 upload=upload,
                 entry_point=entry_point,
-                max_bytes=self.gateway.config.max_upload_mb * 2**20 * 4,
+                limits=ZipLimits.from_config(self.gateway.config),
             )
             record = await self.gateway.tasks.submit(spec=spec, prepare=prepare)
         finally:
@@ -91,11 +94,11 @@ def _the_file(files: list[UploadedFile]) -> UploadedFile:
     return chosen[0]
 
 
-def _prepare(workspace: Path, *, upload: UploadedFile, entry_point: str, max_bytes: int) -> str:
+def _prepare(workspace: Path, *, upload: UploadedFile, entry_point: str, limits: ZipLimits) -> str:
     name = upload.filename.lower()
     try:
         if name.endswith(".zip"):
-            return extract_project(workspace, upload.path, entry_point, max_bytes=max_bytes)
+            return extract_project(workspace, upload.path, entry_point, limits=limits)
         if name.endswith(".py"):
             return place_script(workspace, upload.path, upload.filename)
     finally:

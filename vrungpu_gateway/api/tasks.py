@@ -27,6 +27,7 @@ class RunHandler(BaseHandler):
     async def post(self) -> None:
         body = self.json_body()
         code = parse_code(body)
+        self.gateway.tasks.limits.check_code(code)  # before a byte of it is written
         spec = parse_task_spec(body, default_timeout_s=self.gateway.config.default_timeout_s)
         record = await self.gateway.tasks.submit(
             spec=spec, prepare=functools.partial(write_code, code=code)

@@ -21,9 +21,10 @@ from vrungpu_gateway.engine.environment import job_environment, validate_user_en
 from vrungpu_gateway.engine.errors import Conflict, InvalidRequest, NotFound
 from vrungpu_gateway.engine.events import EventBus
 from vrungpu_gateway.engine.layout import DataLayout
+from vrungpu_gateway.engine.limits import RequestLimits
 from vrungpu_gateway.engine.logs import Line
 from vrungpu_gateway.engine.present import task_json
-from vrungpu_gateway.engine.progress import Progress
+from vrungpu_gateway.engine.progress import Progress, clip_message
 from vrungpu_gateway.engine.pyenvs import Env, EnvBuildError, EnvCache, read_requirements_file
 from vrungpu_gateway.engine.runner import (
     DetachedRunner,
@@ -93,8 +94,10 @@ class TaskManager:
         python: str,
         kill_grace_s: float,
         envs: EnvCache | None = None,
+        limits: RequestLimits | None = None,
     ) -> None:
         self.db = db
+        self.limits = limits or RequestLimits()  # sizes of a request and of progress messages
         self.envs = envs  # per-job environments (requirements); None: every job on the base
         self.scheduler = scheduler
         self.runner = runner
@@ -136,6 +139,8 @@ class TaskManager:
         """Validate, prepare the workspace, store the task and queue it."""
         task_id = new_id()
         request, device = self._request(task_id, spec)
+        self.limits.check_env(spec.env)
+        self.limits.check_args(spec.args)
         user_env = validate_user_env(spec.env)
         workspace = self.layout.workspace(task_id)
         entry_point = await asyncio.to_thread(prepare, workspace)
@@ -414,7 +419,7 @@ class TaskManager:
         record = live.record
         record.progress = progress.percent
         if progress.message is not None:
-            record.progress_message = progress.message
+            record.progress_message = clip_message(progress.message, self.limits.max_progress_chars)
         if live.updates and live.persist:
             live.updates.poke()
             live.persist.poke()

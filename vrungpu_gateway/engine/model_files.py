@@ -14,15 +14,14 @@ import hashlib
 import json
 import os
 import shutil
-import stat
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
-from vrungpu_gateway.engine.errors import InvalidRequest, TooLarge
+from vrungpu_gateway.engine.archive import Unpacker, ZipLimits, checked_members, open_zip
+from vrungpu_gateway.engine.errors import InvalidRequest
 from vrungpu_gateway.engine.model_record import BUILTIN_HANDLER, CUSTOM_HANDLER, ArtifactKind
-from vrungpu_gateway.engine.paths import safe_relative
 
 FRAMEWORKS = {
     ".pt": "pytorch",
@@ -100,7 +99,7 @@ def stage_upload(
     filename: str,
     extras: list[tuple[Path, str]],
     unpack: bool,
-    max_bytes: int,
+    limits: ZipLimits,
 ) -> StoredArtifact:
     """Fill ``staging`` from uploaded files: the artifact plus companions, or an unpacked zip."""
     name = safe_basename(filename)
@@ -108,7 +107,7 @@ def stage_upload(
     if unpack:
         if extras:
             raise InvalidRequest("unpack takes one .zip and no other files", code="bad_upload")
-        folder_name = _extract_zip(staging, upload, max_bytes=max_bytes)
+        folder_name = _extract_zip(staging, upload, limits=limits)
         return describe(staging, ArtifactKind.FOLDER, folder_name or PurePosixPath(name).stem)
     placed = {name}
     shutil.move(upload, staging / name)
@@ -164,34 +163,21 @@ def _skip_links_and_caches(folder: str, names: list[str]) -> set[str]:
     return skipped
 
 
-def _extract_zip(dest: Path, archive_path: Path, *, max_bytes: int) -> str | None:
+def _extract_zip(dest: Path, archive_path: Path, *, limits: ZipLimits) -> str | None:
     """Unpack a zip into ``dest`` (one top folder stripped); returns that folder's name."""
-    try:
-        archive = zipfile.ZipFile(archive_path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise InvalidRequest(f"not a valid zip archive: {exc}", code="bad_archive") from exc
-    with archive:
-        members, total = [], 0
-        for info in archive.infolist():
-            if stat.S_ISLNK(info.external_attr >> 16):
-                raise InvalidRequest(
-                    f"archive holds a symlink: {info.filename!r}", code="unsafe_path"
-                )
-            total += info.file_size
-            if total > max_bytes:
-                raise TooLarge(f"archive unpacks to more than {max_bytes // 2**20} MB")
-            members.append((info, safe_relative(info.filename, what="archive member")))
-        roots = {rel.parts[0] for info, rel in members if len(rel.parts) > 1 or info.is_dir()}
-        flat = any(len(rel.parts) == 1 and not info.is_dir() for info, rel in members)
+    with open_zip(archive_path, limits) as archive:
+        members = checked_members(archive, limits)
+        roots = {m.rel.parts[0] for m in members if len(m.rel.parts) > 1 or m.info.is_dir()}
+        flat = any(len(m.rel.parts) == 1 and not m.info.is_dir() for m in members)
         root = roots.pop() if len(roots) == 1 and not flat else None
-        for info, rel in members:
-            parts = rel.parts[1:] if root else rel.parts
-            if info.is_dir() or not parts:
+        unpacker = Unpacker(archive, limits)
+        for member in members:
+            parts = member.rel.parts[1:] if root else member.rel.parts
+            if member.info.is_dir() or not parts:
                 continue
             target = dest.joinpath(*parts)
             target.parent.mkdir(parents=True, exist_ok=True)
-            with archive.open(info) as src, open(target, "wb") as dst:
-                shutil.copyfileobj(src, dst, CHUNK)
+            unpacker.write(member.info, target)
     return root
 
 

@@ -38,3 +38,11 @@ def parse_progress(line: str) -> Progress | None:
         desc = line[: tqdm.start()].strip().rstrip(":").strip()
         return Progress(_clamp(float(tqdm.group("pct"))), desc or None)
     return None
+
+
+def clip_message(message: str | None, max_chars: int) -> str | None:
+    """A progress message as stored and sent: at most ``max_chars`` characters, a cut
+    marked with an ellipsis (a job may print megabytes on one progress line)."""
+    if message is None or len(message) <= max_chars:
+        return message
+    return message[: max(max_chars - 1, 0)] + "…"

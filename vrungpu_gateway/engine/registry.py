@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from vrungpu_gateway import wire
+from vrungpu_gateway.engine.archive import ZipLimits
 from vrungpu_gateway.engine.errors import Conflict, InvalidRequest, NotFound
 from vrungpu_gateway.engine.events import EventBus
 from vrungpu_gateway.engine.layout import DataLayout
@@ -77,14 +78,14 @@ class ModelRegistry:
         tasks: TaskManager,
         pool: WorkerPool,
         bus: EventBus,
-        max_unpack_bytes: int,
+        zip_limits: ZipLimits,
     ) -> None:
         self.db = db
         self.layout = layout
         self.tasks = tasks
         self.pool = pool
         self.bus = bus
-        self.max_unpack_bytes = max_unpack_bytes
+        self.zip_limits = zip_limits
         tasks.completion_hooks.append(self._save_model)
 
     # -- registering --------------------------------------------------------------------------
@@ -108,7 +109,7 @@ class ModelRegistry:
             filename=filename,
             extras=extras,
             unpack=unpack,
-            max_bytes=self.max_unpack_bytes,
+            limits=self.zip_limits,
         )
         return await self._store(name=name, meta=meta, task_id=task_id, stage=stage)
 

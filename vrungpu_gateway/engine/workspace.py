@@ -1,19 +1,18 @@
 """Job workspaces under ``data/workspaces/{task_id}/``: cell code, uploaded files, zip archives.
 
-Every archive member goes through the path-safety check; symlinks, absolute paths and
-``..`` are refused, and the unpacked size is bounded. These functions block (disk I/O):
-run them off the event loop.
+Zips go through the one zip check (``archive.py``): paths, symlinks, member count, size
+and compression ratio. These functions block (disk I/O): run them off the event loop.
 """
 
 from __future__ import annotations
 
 import shutil
-import stat
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from vrungpu_gateway.engine.errors import InvalidRequest, TooLarge
+from vrungpu_gateway.engine.archive import Unpacker, ZipLimits, checked_members, open_zip
+from vrungpu_gateway.engine.errors import InvalidRequest
 from vrungpu_gateway.engine.paths import safe_relative
 
 CODE_FILE = "main.py"
@@ -42,22 +41,6 @@ def place_script(workspace: Path, upload: Path, filename: str) -> str:
     return name
 
 
-def _members(
-    archive: zipfile.ZipFile, max_bytes: int
-) -> list[tuple[zipfile.ZipInfo, PurePosixPath]]:
-    members, total = [], 0
-    for info in archive.infolist():
-        mode = info.external_attr >> 16
-        if stat.S_ISLNK(mode):
-            raise InvalidRequest(f"archive holds a symlink: {info.filename!r}", code="unsafe_path")
-        rel = safe_relative(info.filename, what="archive member")
-        total += info.file_size
-        if total > max_bytes:
-            raise TooLarge(f"archive unpacks to more than {max_bytes // 2**20} MB")
-        members.append((info, rel))
-    return members
-
-
 def _strip_single_root(
     members: list[tuple[zipfile.ZipInfo, PurePosixPath]], entry_point: str
 ) -> PurePosixPath | None:
@@ -74,16 +57,13 @@ def _strip_single_root(
 
 
 def extract_project(
-    workspace: Path, archive_path: Path, entry_point: str, *, max_bytes: int
+    workspace: Path, archive_path: Path, entry_point: str, *, limits: ZipLimits
 ) -> str:
-    """Unpack a zip into ``workspace`` and return the entry point relative to it."""
+    """Unpack a zip into ``workspace`` and return the entry point relative to it; nothing
+    is written unless the whole zip passes the checks, nothing is left when one fails."""
     entry = str(safe_relative(entry_point, what="entry_point"))
-    try:
-        archive = zipfile.ZipFile(archive_path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise InvalidRequest(f"not a valid zip archive: {exc}", code="bad_archive") from exc
-    with archive:
-        members = _members(archive, max_bytes)
+    with open_zip(archive_path, limits) as archive:
+        members = [(m.info, m.rel) for m in checked_members(archive, limits)]
         root = _strip_single_root(members, entry)
         names = {
             str(rel.relative_to(root)) if root else str(rel)
@@ -99,22 +79,33 @@ def extract_project(
             )
         workspace.mkdir(parents=True, exist_ok=False)
         try:
-            for info, rel in members:
-                if root is not None:
-                    if rel.parts[0] != root.name or rel == root:
-                        continue
-                    rel = rel.relative_to(root)
-                target = workspace / rel
-                if info.is_dir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with archive.open(info) as src, open(target, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1024 * 1024)
+            _unpack(Unpacker(archive, limits), workspace, members, root)
         except (zipfile.BadZipFile, OSError, EOFError) as exc:
             shutil.rmtree(workspace, ignore_errors=True)
             raise InvalidRequest(f"corrupt zip archive: {exc}", code="bad_archive") from exc
+        except BaseException:
+            shutil.rmtree(workspace, ignore_errors=True)
+            raise
     return entry
+
+
+def _unpack(
+    unpacker: Unpacker,
+    workspace: Path,
+    members: list[tuple[zipfile.ZipInfo, PurePosixPath]],
+    root: PurePosixPath | None,
+) -> None:
+    for info, rel in members:
+        if root is not None:
+            if rel.parts[0] != root.name or rel == root:
+                continue
+            rel = rel.relative_to(root)
+        target = workspace / rel
+        if info.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        unpacker.write(info, target)
 
 
 def list_files(workspace: Path) -> list[FileEntry]:
