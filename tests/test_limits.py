@@ -20,8 +20,16 @@ import pytest
 import requests
 
 from tests.support import Api, Gate, GatewayProcess, wait_for
-from vrungpu_gateway.engine.archive import Unpacker, ZipLimits, checked_members, open_zip
+from vrungpu_gateway.engine.archive import (
+    RATIO_FLOOR_BYTES,
+    Unpacker,
+    ZipLimits,
+    checked_members,
+    open_zip,
+)
 from vrungpu_gateway.engine.errors import TooLarge
+from vrungpu_gateway.engine.limits import RequestLimits
+from vrungpu_gateway.engine.progress import clip_message
 
 SMALL = [
     "--max-body-mb",
@@ -284,3 +292,35 @@ def test_a_limit_that_cannot_be_met_stops_the_start(tmp_path: Path, flag: str, v
     )
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and flag in done.stderr
+
+
+# -- the request limits and the progress cut, in process -------------------------------------------
+def test_request_limits_name_the_flag_they_come_from() -> None:
+    limits = RequestLimits(max_code_bytes=4, max_env_vars=1, max_env_bytes=4, max_args=1)
+    limits.check_code("abcd")
+    with pytest.raises(TooLarge, match="--max-code-kb"):
+        limits.check_code("é" * 3)  # 6 bytes in UTF-8
+    limits.check_env({"AB": "cd"})
+    with pytest.raises(TooLarge, match="--max-env-vars"):
+        limits.check_env({"A": "", "B": ""})
+    with pytest.raises(TooLarge, match="--max-env-kb"):
+        limits.check_env({"A": "bcde"})
+    limits.check_args(["x" * 1000])
+    with pytest.raises(TooLarge, match="--max-args"):
+        limits.check_args(["a", "b"])
+    with pytest.raises(TooLarge, match="--max-args-kb"):
+        RequestLimits(max_args_bytes=3).check_args(["ab", "cd"])
+
+
+def test_a_progress_message_is_cut_to_its_limit() -> None:
+    assert clip_message(None, 5) is None
+    assert clip_message("12345", 5) == "12345"
+    assert clip_message("123456", 5) == "1234…"
+    assert clip_message("123456", 1) == "…"
+
+
+def test_a_zip_may_always_unpack_to_the_ratio_floor() -> None:
+    limits = ZipLimits(max_bytes=100 * MB, max_ratio=10)
+    assert limits.allowed_bytes(1000) == RATIO_FLOOR_BYTES
+    assert limits.allowed_bytes(5 * MB) == 50 * MB
+    assert limits.allowed_bytes(50 * MB) == 100 * MB
