@@ -196,3 +196,32 @@ def test_model_register_answers_a_json_body_over_one_mb(gw: GatewayProcess) -> N
     res = send(gw, "POST", "/model/register", body)  # was: the connection dropped
     assert res.status_code in (400, 404, 413), res.text
     assert res.json()["code"]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"args": "[" * 5000 + "]" * 5000},
+        {"args": '["a", 1e999]'},
+        {"env": '{"A": "x\\u0000"}'},
+        {"env": '{"A": "\\ud800"}'},
+        {"requirements": '["six", {"a": ' + "[" * 100 + "]" * 100 + "}]"},
+        {"session": "s\x00"},
+        {"entry_point": "train\x00.py"},
+    ],
+)
+def test_form_fields_of_an_upload_follow_the_same_rules(
+    gw: GatewayProcess, fields: dict[str, str]
+) -> None:
+    before = task_count(gw)
+    files = {"file": ("train.py", b"print(1)")}
+    res = gw.api.post("/run/project", files=files, data={"entry_point": "train.py", **fields})
+    assert res.status_code == 400 and "\n" not in res.json()["detail"], res.text
+    assert task_count(gw) == before
+
+
+def test_model_upload_metrics_follow_the_same_rules(gw: GatewayProcess) -> None:
+    for metrics in ("[" * 5000 + "]" * 5000, '{"a": NaN}', '{"a": "\\ud800"}'):
+        files = {"model_file": ("m.pt", b"x")}
+        res = gw.api.post("/model/register", files=files, data={"name": "m", "metrics": metrics})
+        assert res.status_code == 400 and "\n" not in res.json()["detail"], res.text

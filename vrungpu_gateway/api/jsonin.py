@@ -62,6 +62,20 @@ def parse_object(raw: bytes) -> dict[str, Any]:
     return body
 
 
+def loads_strict(text: str, *, what: str) -> Any:
+    """The JSON in a form field (``what`` names it) under the body's rules: InvalidRequest for
+    nesting, numbers and strings, ValueError (the caller's message) when it is no JSON."""
+    try:
+        value = json.loads(text, parse_constant=_constant)
+    except _Refused as exc:
+        raise InvalidRequest(f"{what}: {exc}", code="bad_json") from None
+    except RecursionError:
+        raise InvalidRequest(f"{what}: {TOO_DEEP}", code="bad_json") from None
+    if problem := _tree_problem(value, opaque=False, numbers=True):
+        raise InvalidRequest(f"{what}: {problem}", code="bad_json")
+    return value
+
+
 def check_values(body: dict[str, Any], *, numbers: bool = True) -> str | None:
     """What is wrong inside a decoded body (nesting, strings, and with ``numbers`` numbers),
     or None. Iterative, so depth costs no stack; a list is looked at by the types it holds,

@@ -12,6 +12,7 @@ import tornado.web
 
 from vrungpu_gateway.api.base import BaseHandler
 from vrungpu_gateway.api.bodylimit import body_too_large, declared_length, refuse
+from vrungpu_gateway.api.jsonin import loads_strict
 from vrungpu_gateway.api.schemas import parse_task_spec
 from vrungpu_gateway.api.uploads import MultipartSink, UploadedFile
 from vrungpu_gateway.engine.errors import InvalidRequest, TooLarge
@@ -48,7 +49,7 @@ def _metrics(value: Any, *, form: bool) -> dict[str, Any] | None:
         return None
     if form and isinstance(value, str):
         try:
-            value = json.loads(value)
+            value = loads_strict(value, what='"metrics"')
         except ValueError:
             raise InvalidRequest('"metrics" must be a JSON object') from None
     if not isinstance(value, dict):

@@ -6,10 +6,10 @@ the same rules hold for `/run/async` and `/run/project`.
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
+from vrungpu_gateway.api.jsonin import loads_strict
 from vrungpu_gateway.engine.errors import InvalidRequest
 from vrungpu_gateway.engine.manager import TaskSpec
 from vrungpu_gateway.engine.pyenvs import parse_requirements_text, validate_requirements
@@ -69,7 +69,8 @@ def _bool(value: Any, name: str, *, coerce: bool) -> bool:
 def _list_of_str(value: Any, name: str, *, coerce: bool) -> list[str]:
     if coerce and isinstance(value, str):
         try:
-            value = json.loads(value) if value.strip().startswith("[") else value.split()
+            text = value
+            value = loads_strict(text, what=name) if text.strip().startswith("[") else text.split()
         except ValueError:
             raise InvalidRequest(f"{name} must be a JSON list of strings") from None
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -80,7 +81,7 @@ def _list_of_str(value: Any, name: str, *, coerce: bool) -> list[str]:
 def _env(value: Any, *, coerce: bool) -> dict[str, str]:
     if coerce and isinstance(value, str):
         try:
-            value = json.loads(value)
+            value = loads_strict(value, what="env")
         except ValueError:
             raise InvalidRequest("env must be a JSON object of strings") from None
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
@@ -94,7 +95,7 @@ def _requirements(value: Any, *, coerce: bool) -> list[str]:
         if not value.strip().startswith("["):
             return parse_requirements_text(value, where="requirements")
         try:
-            value = json.loads(value)
+            value = loads_strict(value, what="requirements")
         except ValueError:
             raise InvalidRequest("requirements must be a JSON list of strings") from None
     return validate_requirements(value)

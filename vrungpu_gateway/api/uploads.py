@@ -130,7 +130,10 @@ class MultipartSink:
             self.files.append(part.upload)
             part.upload = None
         else:
-            self.fields[part.name] = part.buffer.decode("utf-8", "replace")
+            text = part.buffer.decode("utf-8", "replace")
+            if "\x00" in text:  # names, paths, env and args cannot hold one
+                raise InvalidRequest(f"form field {part.name[:100]!r} holds a NUL character")
+            self.fields[part.name] = text
 
 
 def remove_quietly(path: Path) -> None:
