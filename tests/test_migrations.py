@@ -157,19 +157,35 @@ def test_a_v050_database_keeps_every_row_through_the_gateway(
     assert drift(create_engine(f"sqlite:///{data / 'vrungpu.db'}")) == []
 
 
-def test_a_database_made_before_migrations_is_stamped_then_upgraded(tmp_path: Path) -> None:
-    """0.6.0 made its tables with create_all and added new columns by hand, without their
-    indexes: such a database is stamped 0001 (its tables checked) and then completed."""
-    path = tmp_path / "old.db"
+def pre_migration_database(path: Path, revision: str, *, drop: list[str]) -> Engine:
+    """A database as create_all (and the old add-missing-columns stopgap) left it: the tables
+    of ``revision`` without ``alembic_version``, less the indexes in ``drop``."""
     engine = create_engine(f"sqlite:///{path}")
     with engine.begin() as conn:
-        command.upgrade(migrate._config(conn), "0003")
+        command.upgrade(migrate._config(conn), revision)
         conn.execute(text("DROP TABLE alembic_version"))
-        for table in ("tasks", "models", "kernels"):
-            conn.execute(text(f"DROP INDEX ix_{table}_owner"))
-    assert migrate.current(engine) is None
-    assert migrate.upgrade(engine) == (None, migrate.head())
-    assert drift(engine) == []
+        for index in drop:
+            conn.execute(text(f"DROP INDEX {index}"))
+    return engine
+
+
+def test_a_database_made_before_migrations_is_stamped_from_its_tables(tmp_path: Path) -> None:
+    owners = ["ix_tasks_owner", "ix_models_owner", "ix_kernels_owner"]
+    cases = [  # (tables of, indexes missing, stamped at)
+        ("0001", [], "0001"),
+        ("0002", [], "0002"),
+        ("0003", [], "0003"),
+        ("0003", owners, "0002"),  # the stopgap added columns without their indexes
+        ("0002", ["ix_kernels_state"], "0001"),
+    ]
+    for n, (made, drop, stamped) in enumerate(cases):
+        engine = pre_migration_database(tmp_path / f"old{n}.db", made, drop=drop)
+        assert migrate.current(engine) is None
+        with engine.connect() as conn:
+            assert migrate.legacy_revision(conn) == stamped, (made, drop)
+        assert migrate.upgrade(engine) == (None, migrate.head())
+        assert drift(engine) == [], (made, drop)
+        engine.dispose()
 
 
 def test_a_foreign_tasks_table_is_refused(tmp_path: Path) -> None:

@@ -27,6 +27,20 @@ V050_COLUMNS = {
     "tasks": {"task_id", "status", "task_type", "device", "gpu_ids", "entry_point", "created_at"},
     "models": {"model_id", "name", "version", "status", "files", "created_at"},
 }
+# What later revisions add (columns by table, indexes), oldest first: a database from before
+# migrations is stamped at the newest revision whose additions it holds in full.
+LEGACY_ADDITIONS: list[tuple[str, dict[str, set[str]], set[str]]] = [
+    (
+        "0002",
+        {"tasks": {"stdout_log_truncated", "stderr_log_truncated"}, "kernels": {"kernel_id"}},
+        {"ix_kernels_session", "ix_kernels_state"},
+    ),
+    (
+        "0003",
+        {"tasks": {"owner"}, "models": {"owner"}, "kernels": {"owner"}},
+        {"ix_tasks_owner", "ix_models_owner", "ix_kernels_owner"},
+    ),
+]
 
 
 class SchemaError(ValueError):
@@ -67,9 +81,10 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
                 f"(its newest is {head()}): upgrade vrungpu-gateway or use another database"
             )
         config = _config(conn)
-        if before is None and _stamp_legacy(conn):
-            command.stamp(config, FIRST)
-            log.info("database: made before migrations; stamped %s (v0.5.0)", FIRST)
+        legacy = legacy_revision(conn) if before is None else None
+        if legacy is not None:
+            command.stamp(config, legacy)
+            log.info("database: made before migrations; stamped %s from its tables", legacy)
         command.upgrade(config, "head")
         after = MigrationContext.configure(conn).get_current_revision()
     if after != before:
@@ -78,18 +93,27 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
     return before, after
 
 
-def _stamp_legacy(conn: Connection) -> bool:
-    """True when the database holds the tables of a gateway from before migrations (so
-    revision 0001 is there already); SchemaError when a ``tasks`` table is not ours."""
+def legacy_revision(conn: Connection) -> str | None:
+    """The revision a database from before migrations is at, judged by its tables (None:
+    none of ours); SchemaError when a table of ours is there but is not VrunGPU's."""
     inspector = inspect(conn)
-    present = [table for table in V050_COLUMNS if inspector.has_table(table)]
+    tables = set(inspector.get_table_names())
+    present = [table for table in V050_COLUMNS if table in tables]
     if not present:
-        return False
+        return None
+    columns = {table: {c["name"] for c in inspector.get_columns(table)} for table in tables}
     for table, needed in V050_COLUMNS.items():
-        have = {c["name"] for c in inspector.get_columns(table)} if table in present else set()
-        if not needed <= have:
+        if not needed <= columns.get(table, set()):
+            missing = sorted(needed - columns.get(table, set()))[0]
             raise SchemaError(
                 f"the database has a {present[0]!r} table that is not VrunGPU's "
-                f"(no {table}.{sorted(needed - have)[0]}): use another database"
+                f"(no {table}.{missing}): use another database"
             )
-    return True
+    indexes = {i["name"] for table in tables for i in inspector.get_indexes(table)}
+    found = FIRST
+    for revision, added, added_indexes in LEGACY_ADDITIONS:
+        held = all(cols <= columns.get(table, set()) for table, cols in added.items())
+        if not held or not added_indexes <= indexes:
+            break
+        found = revision
+    return found

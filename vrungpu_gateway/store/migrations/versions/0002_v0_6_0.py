@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from vrungpu_gateway.store.migrations import has_column, has_table
+from vrungpu_gateway.store.migrations import has_column, has_index, has_table
 
 revision = "0002"
 down_revision = "0001"
@@ -24,8 +24,14 @@ def upgrade() -> None:
                 "tasks",
                 sa.Column(column, sa.Boolean(), nullable=False, server_default=sa.false()),
             )
-    if has_table("kernels"):
-        return
+    if not has_table("kernels"):
+        _create_kernels()
+    for column in ("session", "state"):
+        if not has_index("kernels", f"ix_kernels_{column}"):
+            op.create_index(f"ix_kernels_{column}", "kernels", [column])
+
+
+def _create_kernels() -> None:
     op.create_table(
         "kernels",
         sa.Column("kernel_id", sa.String(64), primary_key=True),
@@ -41,5 +47,3 @@ def upgrade() -> None:
         sa.Column("ended_at", sa.DateTime()),
         sa.Column("end_reason", sa.Text()),
     )
-    op.create_index("ix_kernels_session", "kernels", ["session"])
-    op.create_index("ix_kernels_state", "kernels", ["state"])
