@@ -2,8 +2,9 @@
 
 ``--gpus auto`` asks NVML and falls back to no GPUs without a driver; ``sim:N`` simulates N
 GPUs (reported with ``simulated: true``) so every scheduling path runs on a CPU-only
-machine; ``0,2`` restricts the gateway to those physical GPUs. Sampling blocks (NVML
-calls), so callers run ``sample`` off the event loop.
+machine; ``0,2`` restricts the gateway to those physical GPUs. With ``--backend ray`` the GPUs
+are the Ray cluster's (``RayGpus``), listed per node. Sampling blocks (NVML or Ray calls), so
+callers run ``sample`` off the event loop.
 """
 
 from __future__ import annotations
@@ -139,6 +140,55 @@ class NvmlGpus:
             memory_free_mb=mem.free // mb,
             utilization_percent=util,
             temperature_c=temp,
+        )
+
+
+@dataclass(frozen=True)
+class RayGpuInfo(GpuInfo):
+    node_id: str = ""
+    node_ip: str = ""
+
+
+class RayGpus:
+    """The GPUs of a Ray cluster, numbered across its nodes in the order Ray lists them.
+
+    Ray reports how many GPUs each node declares, not their load: memory and utilisation are
+    unknown (0 and None). The indices are fixed at start (the scheduler's slots)."""
+
+    kind = "ray"
+
+    def __init__(self, ray: Any) -> None:
+        self._ray = ray
+        self.error: str | None = None
+        self._count = int(ray.cluster_resources().get("GPU", 0))
+
+    def indices(self) -> list[int]:
+        return list(range(self._count))
+
+    def sample(self, busy: set[int]) -> list[GpuInfo]:
+        gpus: list[GpuInfo] = []
+        nodes = [n for n in self._ray.nodes() if n.get("Alive")]
+        for node in sorted(nodes, key=lambda n: n["NodeID"]):
+            for local in range(int(node["Resources"].get("GPU", 0))):
+                if len(gpus) == self._count:
+                    return gpus
+                gpus.append(self._one(len(gpus), local, node))
+        return gpus
+
+    @staticmethod
+    def _one(index: int, local: int, node: dict[str, Any]) -> GpuInfo:
+        node_id, ip = node["NodeID"], node["NodeManagerAddress"]
+        return RayGpuInfo(
+            index=index,
+            uuid=f"ray-{node_id[:12]}-{local}",
+            name=f"Ray GPU {local} on {ip}",
+            memory_total_mb=0,
+            memory_used_mb=0,
+            memory_free_mb=0,
+            utilization_percent=None,
+            temperature_c=None,
+            node_id=node_id,
+            node_ip=ip,
         )
 
 

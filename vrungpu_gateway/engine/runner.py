@@ -83,6 +83,24 @@ class Runner(Protocol):
         ...
 
 
+class Backend(Runner, Protocol):
+    """The execution backend seam the task manager uses (chosen by ``--backend``): a runner
+    whose jobs outlive the gateway. ``DetachedRunner`` (local processes) and ``RayRunner``
+    (``engine/ray_runner.py``) implement it."""
+
+    async def was_started(self, task_id: str) -> bool:
+        """Whether the job of ``task_id`` ever started (else it is queued again)."""
+        ...
+
+    async def adopt(self, *, task_id: str, on_output: OutputCallback) -> JobHandle | JobExit:
+        """Follow a job a previous gateway started: its handle, or how it ended meanwhile."""
+        ...
+
+    def forget(self, task_id: str) -> None:
+        """Remove what the backend kept of an ended job (blocking)."""
+        ...
+
+
 def signal_group(pgid: int, sig: signal.Signals) -> bool:
     """Send ``sig`` to a process group; False when the group is gone."""
     try:
@@ -326,6 +344,9 @@ class DetachedRunner:
 
     def files(self, task_id: str) -> JobFiles:
         return JobFiles(self.run_dir, self.logs_dir, task_id)
+
+    def forget(self, task_id: str) -> None:
+        self.files(task_id).remove()
 
     async def start(self, spec: JobSpec, on_output: OutputCallback) -> DetachedHandle:
         files = self.files(spec.task_id)

@@ -1,0 +1,299 @@
+"""``--backend ray`` against a real local Ray head with two declared GPUs (no GPU needed).
+
+One Ray head and one gateway serve the module (Ray starts in ~10 s); each test leaves no task
+running. Jobs print their pid so a test can check, on this one-machine cluster, that cancel and
+timeout leave no process behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import Api, Gate, GatewayProcess, pid_alive, wait_for
+from tests.test_ws import Ws, is_end, subscribed_lines
+
+pytest.importorskip("ray", reason="--backend ray needs the ray package (the gateway extra)")
+
+RAY_ENV = {"RAY_AUTH_MODE": "disabled"}  # Ray 2.60 turns token auth on by default
+RAY_CLI = Path(sys.executable).parent / "ray"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _ray(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(RAY_CLI), *args],
+        env={**os.environ, **RAY_ENV},
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
+def _processes_under(marker: str) -> list[int]:
+    """Pids whose command line names ``marker`` (this head's temp dir)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture(scope="module")
+def ray_head() -> Iterator[str]:
+    """A Ray head on a free port with 2 GPUs and 4 CPUs declared; always stopped after."""
+    if not RAY_CLI.exists():
+        pytest.skip(f"the ray command is not installed beside {sys.executable}")
+    port = _free_port()
+    temp = tempfile.mkdtemp(prefix="vr-ray-")  # short: Ray's socket paths must fit 107 bytes
+    args = ["--num-gpus=2", "--num-cpus=4", "--include-dashboard=false", "--disable-usage-stats"]
+    try:
+        for _ in range(2):  # Ray gives its raylet 30 s: a loaded machine may need a second try
+            started = _ray("start", "--head", f"--port={port}", *args, f"--temp-dir={temp}")
+            if started.returncode == 0:
+                break
+            _ray("stop", "--force")
+        assert started.returncode == 0, started.stderr[-2000:]
+        yield f"127.0.0.1:{port}"
+    finally:
+        _ray("stop", "--force")
+        for pid in _processes_under(temp):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ray_gateway(
+    ray_head: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    gw = GatewayProcess(
+        tmp_path_factory.mktemp("ray-gateway"),
+        extra=["--backend", "ray", "--ray-address", ray_head, "--log-level", "info"],
+        env=RAY_ENV,
+    )
+    yield gw.start()
+    gw.stop()
+
+
+@pytest.fixture
+def api(ray_gateway: GatewayProcess) -> Api:
+    return ray_gateway.api
+
+
+def _stdout(api: Api, task_id: str) -> str:
+    return "\n".join(api.get(f"/task/{task_id}/logs", params={"stream": "stdout"}).json()["lines"])
+
+
+def _printed(api: Api, task_id: str, key: str) -> str:
+    """The value a job printed as ``key=value`` (waiting until it did)."""
+
+    def find() -> str | None:
+        for line in _stdout(api, task_id).splitlines():
+            if line.startswith(f"{key}="):
+                return line.split("=", 1)[1]
+        return None
+
+    return str(wait_for(find, 60, what=f"task {task_id} to print {key}"))
+
+
+PRINT_IDS = (
+    "import os, subprocess, sys\n"
+    "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+    "print(f'pid={os.getpid()}', flush=True)\n"
+    "print(f'child={child.pid}', flush=True)\n"
+    "print(f'cuda={os.environ[\"CUDA_VISIBLE_DEVICES\"]}', flush=True)\n"
+)
+
+
+# -- the cluster's GPUs, sync/async/project runs ---------------------------------------------
+def test_gpus_are_the_clusters_listed_per_node(api: Api) -> None:
+    gpus = api.get("/gpu").json()
+    assert gpus["kind"] == "ray" and gpus["count"] == 2
+    assert [d["index"] for d in gpus["devices"]] == [0, 1]
+    assert all(d["node_id"] and d["node_ip"] for d in gpus["devices"])
+    assert api.get("/").json()["gpu_kind"] == "ray"
+
+
+def test_run_sync_on_a_ray_actor_brings_its_files_back(api: Api) -> None:
+    code = (
+        "import os\nprint('cuda=' + os.environ['CUDA_VISIBLE_DEVICES'])\n"
+        "print('ws=' + os.environ['VRUNGPU_WORKSPACE'])\n"
+        "os.makedirs('out', exist_ok=True)\nopen('out/result.txt', 'w').write('42')\n"
+    )
+    task = api.post("/run/sync", json={"code": code}).json()
+    assert task["status"] == "completed", task
+    lines = dict(line.split("=", 1) for line in task["stdout"].splitlines())
+    assert lines["cuda"] in ("0", "1")
+    assert "/workspaces/" not in lines["ws"]  # it ran in its actor's copy, not the gateway's
+    files = api.get(f"/task/{task['task_id']}/files").json()
+    assert "out/result.txt" in str(files)
+    got = api.get(f"/task/{task['task_id']}/files/out/result.txt")
+    assert got.status_code == 200 and got.content == b"42"
+
+
+def test_async_and_project_runs(api: Api) -> None:
+    task_id = api.submit("import sys\nprint('async ok')\nsys.exit(3)", device="cpu")
+    task = api.wait_status(task_id, "failed", timeout_s=60)
+    assert task["return_code"] == 3 and task["failure_reason"] == "exit_code"
+    assert "async ok" in _stdout(api, task_id)
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("train.py", "from lib.helper import VALUE\nprint('value', VALUE)\n")
+        archive.writestr("lib/__init__.py", "")
+        archive.writestr("lib/helper.py", "VALUE = 7\n")
+    res = api.post(
+        "/run/project",
+        files={"file": ("p.zip", buffer.getvalue())},
+        data={"entry_point": "train.py"},
+    )
+    assert res.status_code == 202, res.text
+    project = api.wait_status(res.json()["task_id"], "completed", "failed", timeout_s=60)
+    assert project["status"] == "completed", project
+    assert _stdout(api, project["task_id"]) == "value 7"
+
+
+# -- two GPUs, a third queued; cancel and timeout ----------------------------------------------
+def test_two_jobs_get_distinct_gpus_and_a_third_waits(api: Api, tmp_path: Path) -> None:
+    gate = Gate(tmp_path / "go")
+    code = "import os\nprint('cuda=' + os.environ['CUDA_VISIBLE_DEVICES'], flush=True)\n"
+    try:
+        ids = [api.submit(code + gate.code) for _ in range(3)]
+        first = {_printed(api, task_id, "cuda") for task_id in ids[:2]}
+        assert first == {"0", "1"}
+        third = api.task(ids[2])
+        assert third["status"] == "queued" and third["queue_position"] == 1
+    finally:
+        gate.open()
+    for task_id in ids:
+        task = api.wait_status(task_id, "completed", "failed", timeout_s=60)
+        assert task["status"] == "completed", task
+
+
+def test_cancel_and_timeout_leave_no_process(api: Api) -> None:
+    hang = PRINT_IDS + "import time\ntime.sleep(600)\n"
+    cancelled = api.submit(hang)
+    pids = [int(_printed(api, cancelled, key)) for key in ("pid", "child")]
+    assert all(pid_alive(pid) for pid in pids)
+    assert api.post(f"/task/{cancelled}/cancel").status_code == 200
+    task = api.wait_status(cancelled, "cancelled", timeout_s=60)
+    assert task["failure_reason"] == "cancelled"
+    wait_for(lambda: not any(pid_alive(pid) for pid in pids), 30, what="cancelled job to end")
+
+    timed = api.submit(hang, timeout=3)
+    pids = [int(_printed(api, timed, key)) for key in ("pid", "child")]
+    task = api.wait_status(timed, "failed", timeout_s=60)
+    assert task["failure_reason"] == "timeout" and task["error"] == "Timeout after 3 seconds"
+    wait_for(lambda: not any(pid_alive(pid) for pid in pids), 30, what="timed-out job to end")
+
+
+# -- live logs, models ------------------------------------------------------------------------
+def test_live_logs_are_exact_over_the_websocket(
+    ray_gateway: GatewayProcess, api: Api, tmp_path: Path
+) -> None:
+    gate = Gate(tmp_path / "go")
+    part = (
+        "import sys\nfor i in range({a}, {b}):\n    print(i, flush=True)\n"
+        "    print('e', i, file=sys.stderr, flush=True)\n"
+    )
+    code = part.format(a=0, b=300) + gate.code + part.format(a=300, b=3000)
+    code += "print('café no newline', end='')\n"
+    ws = Ws(ray_gateway)
+    try:
+        ws.recv()
+        task_id = api.submit(code, device="cpu")
+        ws.send(type="subscribe", task_id=task_id, offset=0)
+        wait_for(lambda: "299" in _stdout(api, task_id), 60, what="the first lines")
+        gate.open()
+        seen = ws.until(is_end(task_id), 60)
+    finally:
+        gate.open()
+        ws.close()
+    expected = [str(i) for i in range(3000)] + ["café no newline"]
+    assert subscribed_lines(seen, task_id) == expected
+    assert subscribed_lines(seen, task_id, "stderr") == [f"e {i}" for i in range(3000)]
+    log = ray_gateway.data_dir / "logs" / f"{task_id}.stdout.log"
+    assert log.read_bytes() == ("\n".join(expected[:-1]) + "\ncafé no newline").encode()
+
+
+def test_save_model_registers_what_the_ray_job_left(api: Api) -> None:
+    code = "open('model.pt', 'wb').write(b'trained on ray')\nprint('saved')\n"
+    task = api.post(
+        "/run/sync", json={"code": code, "save_model": True, "model_name": "from-ray"}
+    ).json()
+    assert task["status"] == "completed" and task["model_id"], task
+    model = api.get(f"/model/{task['model_id']}").json()
+    assert model["file_name"] == "model.pt" and model["task_id"] == task["task_id"]
+    assert model["file_size"] == len(b"trained on ray")
+
+
+# -- restart ----------------------------------------------------------------------------------
+def test_gateway_restart_adopts_a_running_ray_job(
+    ray_gateway: GatewayProcess, api: Api, tmp_path: Path
+) -> None:
+    gate = Gate(tmp_path / "go")
+    code = "print('before', flush=True)\n" + gate.code + "print('after')\n"
+    try:
+        task_id = api.submit(code)
+        wait_for(lambda: _stdout(api, task_id) == "before", 60, what="first line")
+        ray_gateway.restart()
+        api = ray_gateway.api
+        assert api.task(task_id)["status"] == "running"
+        gate.open()
+        task = api.wait_status(task_id, "completed", "failed", timeout_s=60)
+    finally:
+        gate.open()
+    assert task["status"] == "completed", task
+    assert _stdout(api, task_id) == "before\nafter"
+    assert "adopted its Ray actor" in ray_gateway.log()
+
+
+def test_an_unreachable_cluster_stops_the_gateway_with_one_line(tmp_path: Path) -> None:
+    port = _free_port()
+    gateway = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vrungpu_gateway",
+            "--port",
+            "0",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--no-auth",
+            "--backend",
+            "ray",
+            "--ray-address",
+            f"127.0.0.1:{port}",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **RAY_ENV},
+        timeout=60,
+        check=False,
+    )
+    assert gateway.returncode == 2
+    assert gateway.stderr.strip().splitlines() == [
+        f"vrungpu-gateway: cannot reach the Ray cluster at 127.0.0.1:{port}: "
+        "[Errno 111] Connection refused"
+    ]

@@ -1,0 +1,143 @@
+"""One job on a Ray node: the actor that unpacks its workspace, runs it and serves its output.
+
+``JobActor`` is made a Ray actor by ``engine/ray_runner.py`` (detached and named, so it outlives
+the gateway that started it). It needs only the standard library and ``ray`` on the node: it
+unpacks the workspace zip into a temp dir, starts the job in a session of its own with the
+``CUDA_VISIBLE_DEVICES`` Ray gave the actor, writes stdout and stderr to files beside it, and
+answers reads at byte offsets, the job's status, a kill (the group: SIGTERM, grace, SIGKILL)
+and the workspace as a zip for the gateway to fetch back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+STREAMS = ("stdout", "stderr")
+
+
+def zip_dir(root: Path) -> bytes:
+    """The regular files under ``root`` as a zip (symlinks are not followed)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        for path in sorted(root.rglob("*")):
+            if path.is_file() and not path.is_symlink():
+                archive.write(path, path.relative_to(root).as_posix())
+    return buffer.getvalue()
+
+
+def unzip_into(data: bytes, root: Path) -> None:
+    """Extract a zip made by ``zip_dir`` (zipfile keeps every name inside ``root``)."""
+    root.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        archive.extractall(root)
+
+
+class JobActor:
+    """Runs one job on its node; every method is safe to call from several threads."""
+
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+        self.dir = Path(tempfile.mkdtemp(prefix=f"vrungpu-{task_id}-"))
+        self.workspace = self.dir / "workspace"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.cuda = ""
+        self._lock = threading.Lock()
+
+    def start(self, spec: dict[str, Any], workspace_zip: bytes) -> dict[str, Any]:
+        """Unpack the workspace and start the job; what ``info`` says, or an ``error``."""
+        import ray  # present on every Ray node; imported here so the module needs no Ray
+
+        unzip_into(workspace_zip, self.workspace)
+        self.cuda = ",".join(str(int(i)) for i in ray.get_gpu_ids())
+        env = dict(spec["env"])
+        env["CUDA_VISIBLE_DEVICES"] = self.cuda
+        env["VRUNGPU_WORKSPACE"] = str(self.workspace)
+        argv = list(spec["argv"])
+        if not os.path.exists(argv[0]):  # the gateway's interpreter is not on this node
+            argv[0] = sys.executable
+        try:
+            with (
+                open(self._log(STREAMS[0]), "ab") as out,
+                open(self._log(STREAMS[1]), "ab") as err,
+            ):
+                self.proc = subprocess.Popen(
+                    argv,
+                    cwd=self.workspace,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    start_new_session=True,  # its own group: kill() ends all of it
+                )
+        except OSError as exc:
+            return {"error": str(exc)}
+        return self.info()
+
+    def _log(self, stream: str) -> Path:
+        return self.dir / f"{stream}.log"
+
+    def info(self) -> dict[str, Any]:
+        import ray
+
+        ctx = ray.get_runtime_context()
+        return {
+            "started": self.proc is not None,
+            "pid": self.proc.pid if self.proc else None,
+            "node_id": ctx.get_node_id(),
+            "cuda_visible_devices": self.cuda,
+        }
+
+    def poll(self, offsets: dict[str, int], max_bytes: int) -> tuple[dict[str, bytes], int | None]:
+        """Output from ``offsets`` on (at most ``max_bytes`` a stream) and the exit code, read
+        first: with a code, the chunks hold everything up to their end."""
+        code = None if self.proc is None else self.proc.poll()
+        chunks = {}
+        for stream in STREAMS:
+            try:
+                with open(self._log(stream), "rb") as file:
+                    file.seek(offsets.get(stream, 0))
+                    chunks[stream] = file.read(max_bytes)
+            except OSError:
+                chunks[stream] = b""
+        return chunks, code
+
+    def kill(self, grace_s: float) -> int | None:
+        """SIGTERM to the job's group, SIGKILL after ``grace_s``; its exit code."""
+        proc = self.proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            _signal_group(proc.pid, signal.SIGTERM)
+            deadline = time.monotonic() + grace_s
+            while proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+        _signal_group(proc.pid, signal.SIGKILL)  # what the job left in its group too
+        return proc.wait()
+
+    def workspace_zip(self) -> bytes:
+        return zip_dir(self.workspace)
+
+    def close(self) -> None:
+        """End whatever is left of the job and remove its files (the actor is killed next)."""
+        with self._lock:
+            if self.proc is not None:
+                _signal_group(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)

@@ -1,0 +1,263 @@
+"""The Ray backend (``--backend ray``): every job under a detached, named Ray actor.
+
+``RayRunner`` implements the same backend seam as ``DetachedRunner`` (``engine/runner.py``:
+start, was_started, adopt, forget). A job's actor (``engine/ray_actor.py``, named
+``job-<task_id>`` in the ``vrungpu`` namespace) asks Ray for the job's GPUs (``num_gpus``; a CPU
+job takes one CPU), so Ray places it on a node that has them and sets its
+``CUDA_VISIBLE_DEVICES``. The workspace travels to the node as a zip; the handle polls the
+actor for output at byte offsets and hands it on as a local job's output is handed on (the
+supervisor appends it to the gateway's log files, so offsets, WebSockets and progress are the
+same); when the job ends, its workspace comes back for ``/task/{id}/files`` and models, and
+the actor is killed. Actors outlive the gateway, so a restarted gateway adopts their jobs.
+Our scheduler stays in front of Ray as the admission control.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from vrungpu_gateway.engine import logs as logfiles
+from vrungpu_gateway.engine.ray_actor import JobActor, unzip_into, zip_dir
+from vrungpu_gateway.engine.runner import JobExit, JobSpec, OutputCallback
+from vrungpu_gateway.protocol import STREAMS, FailureReason
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "vrungpu"
+POLL_INTERVAL_S = 0.1  # how often a running job's actor is asked for new output
+READ_CHUNK = 256 * 1024  # per stream and poll
+PROBE_TIMEOUT_S = 5.0
+
+
+class RayUnavailable(ValueError):
+    """The ray package is missing or the cluster cannot be reached (one line: exit 2)."""
+
+
+def connect(address: str) -> Any:
+    """``ray.init`` on ``address`` in our namespace; the ``ray`` module."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise RayUnavailable(
+            "--backend ray needs the ray package: pip install 'vrungpu[gateway]' ray"
+        ) from exc
+    _probe(address)
+    try:
+        ray.init(
+            address=address,
+            namespace=NAMESPACE,
+            logging_level=logging.ERROR,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise RayUnavailable(f"cannot reach the Ray cluster at {address}: {first}") from exc
+    return ray
+
+
+def _probe(address: str) -> None:
+    """Fail fast on a cluster that does not answer: ``ray.init`` retries for minutes."""
+    if address in ("auto", "local") or address.startswith("ray://"):
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=PROBE_TIMEOUT_S):
+            pass
+    except (OSError, ValueError) as exc:
+        raise RayUnavailable(f"cannot reach the Ray cluster at {address}: {exc}") from exc
+
+
+def actor_name(task_id: str) -> str:
+    return f"job-{task_id}"
+
+
+def _gpu_count(spec: JobSpec) -> int:
+    """The GPUs the scheduler gave the job (passed in its environment, as to a local job)."""
+    return len([i for i in spec.env.get("CUDA_VISIBLE_DEVICES", "").split(",") if i])
+
+
+class RayHandle:
+    """Follows one job's actor: polls its output and exit, fetches its workspace at the end."""
+
+    owns_deadline = False  # the supervisor applies the timeout through kill()
+    log_offsets: dict[str, int] | None = None  # the supervisor writes the gateway's log files
+
+    def __init__(
+        self,
+        *,
+        ray: Any,
+        actor: Any,
+        task_id: str,
+        pid: int,
+        workspace: Path,
+        on_output: OutputCallback,
+        offsets: dict[str, int],
+    ) -> None:
+        self._ray = ray
+        self._actor = actor
+        self.task_id = task_id
+        self.pid = pid  # on the actor's node
+        self.workspace = workspace
+        self._on_output = on_output
+        self._read_at = dict(offsets)
+        self._poller = asyncio.ensure_future(self._poll())
+
+    async def _poll(self) -> int | None:
+        """Hand on output until the job exited and all of it was delivered; its exit code."""
+        while True:
+            chunks, code = await self._actor.poll.remote(self._read_at, READ_CHUNK)
+            got = False
+            for stream in STREAMS:
+                data = chunks.get(stream, b"")
+                if data:
+                    self._read_at[stream] += len(data)
+                    self._on_output(stream, data)
+                    got = True
+            if code is not None and not got:
+                return int(code)
+            if not got:
+                await asyncio.sleep(POLL_INTERVAL_S)
+
+    async def wait(self) -> JobExit:
+        try:
+            code = await asyncio.shield(self._poller)
+        except self._ray.exceptions.RayError as exc:
+            log.warning("task %s: its Ray actor failed: %s", self.task_id, exc)
+            await self._end_actor()
+            error = f"The Ray actor running the job died: {str(exc).splitlines()[0]}"
+            return JobExit(None, FailureReason.LOST, error)
+        await self._fetch_workspace()
+        await self._end_actor()
+        return JobExit(code)
+
+    async def _fetch_workspace(self) -> None:
+        try:
+            data = await self._actor.workspace_zip.remote()
+            await asyncio.to_thread(unzip_into, data, self.workspace)
+        except Exception as exc:  # the job's exit stands; its files may be missing
+            log.warning("task %s: could not fetch its workspace: %s", self.task_id, exc)
+
+    async def _end_actor(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._actor.close.remote()
+        with contextlib.suppress(Exception):
+            self._ray.kill(self._actor)
+
+    async def kill(self, *, grace_s: float) -> None:
+        """SIGTERM to the job's group on its node, SIGKILL after ``grace_s``."""
+        try:
+            await self._actor.kill.remote(grace_s)
+        except self._ray.exceptions.RayError as exc:
+            log.warning("task %s: kill through its actor failed: %s", self.task_id, exc)
+
+    def detach(self) -> None:
+        """Stop following (the gateway stops; the job runs on under its actor)."""
+        self._poller.cancel()
+
+
+class RayRunner:
+    """Starts every job under a Ray actor; adopts the ones still running after a restart."""
+
+    def __init__(self, *, ray: Any, workspace_of: Callable[[str], Path], logs_dir: Path) -> None:
+        self.ray = ray
+        self.workspace_of = workspace_of
+        self.logs_dir = logs_dir
+        self._actor_class = ray.remote(JobActor)
+
+    async def start(self, spec: JobSpec, on_output: OutputCallback) -> RayHandle:
+        await asyncio.to_thread(self._kill_named, spec.task_id)  # a try that never started
+        workspace = await asyncio.to_thread(lambda: self.ray.put(zip_dir(spec.cwd)))
+        gpus = _gpu_count(spec)
+        actor = self._actor_class.options(
+            name=actor_name(spec.task_id),
+            namespace=NAMESPACE,
+            lifetime="detached",
+            num_gpus=gpus,
+            num_cpus=0 if gpus else 1,
+            max_concurrency=4,  # poll and kill while close() may wait
+            max_restarts=0,
+        ).remote(spec.task_id)
+        payload = {"argv": spec.argv, "env": spec.env}
+        try:
+            info = await actor.start.remote(payload, workspace)
+        except self.ray.exceptions.RayError as exc:
+            self.ray.kill(actor)
+            raise OSError(f"the Ray actor failed: {str(exc).splitlines()[0]}") from exc
+        if info.get("error"):
+            await self._close(actor)
+            raise OSError(info["error"])
+        log.info(
+            "task %s: Ray actor on node %s, pid %s, CUDA_VISIBLE_DEVICES=%r: %s",
+            spec.task_id,
+            info["node_id"][:12],
+            info["pid"],
+            info["cuda_visible_devices"],
+            " ".join(spec.argv),
+        )
+        return self._handle(spec.task_id, actor, info, on_output)
+
+    def _handle(
+        self, task_id: str, actor: Any, info: dict[str, Any], on_output: OutputCallback
+    ) -> RayHandle:
+        offsets = {s: logfiles.log_size(self.logs_dir, task_id, s) for s in STREAMS}
+        return RayHandle(
+            ray=self.ray,
+            actor=actor,
+            task_id=task_id,
+            pid=int(info["pid"]),
+            workspace=self.workspace_of(task_id),
+            on_output=on_output,
+            offsets=offsets,
+        )
+
+    def _actor(self, task_id: str) -> Any | None:
+        try:
+            return self.ray.get_actor(actor_name(task_id), namespace=NAMESPACE)
+        except ValueError:
+            return None
+
+    def _kill_named(self, task_id: str) -> None:
+        actor = self._actor(task_id)
+        if actor is not None:
+            self.ray.kill(actor)
+
+    async def _close(self, actor: Any) -> None:
+        with contextlib.suppress(Exception):
+            await actor.close.remote()
+        with contextlib.suppress(Exception):
+            self.ray.kill(actor)
+
+    async def _info(self, task_id: str) -> tuple[Any, dict[str, Any]] | None:
+        actor = await asyncio.to_thread(self._actor, task_id)
+        if actor is None:
+            return None
+        try:
+            return actor, await actor.info.remote()
+        except self.ray.exceptions.RayError:
+            return None
+
+    async def was_started(self, task_id: str) -> bool:
+        """Whether the job's actor still lives and started it (else it runs again)."""
+        found = await self._info(task_id)
+        if found is not None and not found[1]["started"]:
+            await self._close(found[0])
+        return found is not None and found[1]["started"]
+
+    async def adopt(self, *, task_id: str, on_output: OutputCallback) -> RayHandle | JobExit:
+        """Follow a job a previous gateway started, from the end of the gateway's logs."""
+        found = await self._info(task_id)
+        if found is None or not found[1]["started"]:
+            return JobExit(None, FailureReason.LOST, "The job's Ray actor is gone")
+        actor, info = found
+        log.info("task %s: adopted its Ray actor (pid %s)", task_id, info["pid"])
+        return self._handle(task_id, actor, info, on_output)
+
+    def forget(self, task_id: str) -> None:
+        """Nothing to remove on this side: the handle killed the actor at the job's end."""
