@@ -110,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-origin",
         action="append",
         default=[o for o in (_env("ALLOW_ORIGIN") or "").split(",") if o],
-        help="extra browser Origin allowed on the WebSocket (repeatable)",
+        help="a browser Origin (scheme://host:port, or *) trusted besides the gateway's own "
+        "to POST/PUT/PATCH/DELETE and to open WebSockets (repeatable)",
     )
     p.add_argument(
         "--max-warm-models",
