@@ -124,3 +124,15 @@ def test_one_gateway_per_sqlite_database_too(
     first.stop()
     second = start_gateway(data_dir=tmp_path / "other", extra=["--db-url", url])
     assert second.api.get("/tasks").status_code == 200
+
+
+def test_a_bad_db_url_stops_the_start_with_one_line(tmp_path: Path) -> None:
+    assert refusal(tmp_path / "a", "--db-url", "nonsense").startswith(
+        "vrungpu-gateway: --db-url: Could not parse"
+    )
+    assert "No module named" in refusal(tmp_path / "b", "--db-url", "mysql://db.example/x")
+    nobody_there = refusal(
+        tmp_path / "c", "--db-url", "postgresql+psycopg://u:secret@127.0.0.1:1/x"
+    )
+    assert "cannot be used: connection failed" in nobody_there
+    assert "secret" not in nobody_there and "u:***@127.0.0.1:1/x" in nobody_there

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -71,10 +71,14 @@ def reason(exc: BaseException) -> str:
 
 class Database:
     def __init__(self, url: str, *, busy_retry_s: float = BUSY_RETRY_S) -> None:
-        self.url = make_url(url)
+        """StoreStartError when ``url`` is no database URL or names a driver not installed."""
+        try:
+            self.url = make_url(url)
+            options: dict[str, Any] = {"pool_pre_ping": True} if self.is_postgres else {}
+            self.engine: Engine = create_engine(self.url, **options)
+        except (ArgumentError, ImportError) as exc:  # NoSuchModuleError is an ArgumentError
+            raise StoreStartError(f"--db-url: {reason(exc)}") from None
         self.busy_retry_s = busy_retry_s
-        options: dict[str, Any] = {"pool_pre_ping": True} if self.is_postgres else {}
-        self.engine: Engine = create_engine(self.url, **options)
         if self.url.get_backend_name() == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -92,8 +96,9 @@ class Database:
         (a lease row, and on PostgreSQL an advisory lock); StoreStartError otherwise."""
         db = cls(url, **kwargs)
         try:
+            db._starting(db._hold)  # before the upgrade: a second gateway migrates nothing
             db.upgrade()
-            db._starting(db._take_lease, version)
+            db._starting(db._write_lease, version)
         except BaseException:
             db.close()
             raise
@@ -118,12 +123,14 @@ class Database:
         return self.url.render_as_string(hide_password=True)
 
     # -- the lease: one gateway per database ---------------------------------------------------
-    def _take_lease(self, version: str) -> None:
+    def _hold(self) -> None:
         if not (self._lock_postgres() if self.is_postgres else self._lock_file()):
             raise StoreStartError(
                 f"the database {self.where} is in use by another gateway "
                 f"({self._holder()}); one gateway per database"
             )
+
+    def _write_lease(self, version: str) -> None:
         with self.session() as session:  # on SQLite also the proof that it takes writes
             session.merge(
                 LeaseRow(
@@ -150,7 +157,10 @@ class Database:
         """An flock on the SQLite file (SQLite's own locks are fcntl locks: no clash)."""
         if self.url.database in (None, "", ":memory:"):
             return True
-        fd = os.open(self.url.database, os.O_RDONLY)
+        try:  # an empty file is an empty SQLite database
+            fd = os.open(self.url.database, os.O_RDONLY | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StoreStartError(f"the database {self.where}: {exc.strerror or exc}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -160,11 +170,14 @@ class Database:
         return True
 
     def _holder(self) -> str:
-        with self.session() as session:
-            row = session.get(LeaseRow, LEASE_ID)
-            if row is None:
-                return "host and pid unknown"
-            return f"host {row.host}, pid {row.pid}, since {row.started_at:%Y-%m-%d %H:%M} UTC"
+        try:
+            with self.session() as session:
+                row = session.get(LeaseRow, LEASE_ID)
+        except DBAPIError:  # the holder is still making its tables
+            return "host and pid unknown"
+        if row is None:
+            return "host and pid unknown"
+        return f"host {row.host}, pid {row.pid}, since {row.started_at:%Y-%m-%d %H:%M} UTC"
 
     # -- calls ---------------------------------------------------------------------------------
     @contextmanager
