@@ -93,6 +93,7 @@ def test_session_get_or_create_filter_and_delete_frees_the_gpu(kgw: GatewayProce
         "id": first["id"],
         "session": "analysis",
         "name": "vrungpu-1gpu",
+        "owner": "admin",
     }
     assert api.delete(f"/api/kernels/{first['id']}").status_code == 204
     assert api.get(f"/api/kernels/{first['id']}").status_code == 404

@@ -397,6 +397,7 @@ async def serve(config: GatewayConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, gateway.users.reload)  # re-read --users-file
     await stop.wait()
     log.info("stopping: no new requests; running jobs: %s", config.on_stop)
     server.stop()

@@ -28,6 +28,7 @@ from vrungpu_gateway.engine.registry import ModelRegistry
 from vrungpu_gateway.engine.runner import DetachedRunner, Runner, WarmSpawner
 from vrungpu_gateway.engine.scheduler import Scheduler
 from vrungpu_gateway.engine.stream_hub import StreamHub
+from vrungpu_gateway.engine.users import UserBook, read_users_file
 from vrungpu_gateway.engine.workers import WorkerPool
 from vrungpu_gateway.gpus import GpuBackend, parse_gpu_spec
 from vrungpu_gateway.protocol import TaskType
@@ -55,12 +56,15 @@ class Gateway:
     streams: StreamHub
     kernels: KernelManager
     token: str | None
+    book: UserBook | None = None  # the users file's users; None: the main token's admin only
     warm: WarmSpawner | None = None
     data_lock: int | None = None  # held while this gateway owns the data dir
     version: str = __version__
     metrics: GatewayMetrics = field(init=False)
+    users: UserBook = field(init=False)
 
     def __post_init__(self) -> None:
+        self.users = self.book or UserBook(main_token=self.token, users_file=None)
         parts = GatewayParts(
             tasks=self.tasks,
             monitor=self.monitor,
@@ -85,6 +89,8 @@ class Gateway:
         runner: Runner | None = None,
     ) -> Gateway:
         config.check()
+        # a bad users file stops the start before anything is written
+        user_entries = read_users_file(config.users_file) if config.users_file else None
         layout = DataLayout(config.data_dir.resolve())
         layout.ensure()
         data_lock = layout.lock()  # one gateway per data dir (ValueError otherwise)
@@ -140,7 +146,7 @@ class Gateway:
         )
         tasks.pooled_runners[TaskType.INFERENCE] = workers
         kernels = cls._kernels(config, layout, db, tasks, runner, holders)
-        holders.sources += [kernels.describe_holder, _worker_holder(workers)]
+        holders.sources += [kernels.describe_holder, _worker_holder(workers), _task_holder(tasks)]
         models = ModelRegistry(
             db=db,
             layout=layout,
@@ -151,6 +157,7 @@ class Gateway:
         )
         token = resolve_token(config, layout.root)
         logmask.register_secret(token)
+        users = UserBook(main_token=token, users_file=config.users_file, entries=user_entries)
         isolation.announce()  # once nothing can refuse the start any more
         streams = StreamHub(bus=bus, monitor=monitor, tasks=tasks)
         return cls(
@@ -166,6 +173,7 @@ class Gateway:
             streams,
             kernels,
             token,
+            users,
             warm,
             data_lock,
         )
@@ -256,6 +264,16 @@ class Gateway:
             "models": models,
             "gpu": {"usage_count": usage, "current": self.scheduler.snapshot().as_dict()},
         }
+
+
+def _task_holder(tasks: TaskManager) -> HolderSource:
+    """A live task as the holder of its slot, with the user who owns it."""
+
+    def describe(holder_id: str) -> dict[str, Any] | None:
+        owner = tasks.owner_of(holder_id)
+        return {"kind": "task", "id": holder_id, "owner": owner} if owner else None
+
+    return describe
 
 
 def _worker_holder(workers: WorkerPool) -> HolderSource:

@@ -46,6 +46,7 @@ class Task(TypedDict):
     save_model: bool
     result: Any
     queue_position: int | None
+    owner: str | None
 
 
 class TaskDetail(Task):
@@ -86,6 +87,7 @@ class Model(TypedDict):
     description: str | None
     download_url: str
     warm: bool
+    owner: str | None
 
 
 class ModelList(TypedDict):
@@ -109,6 +111,14 @@ class Kernel(TypedDict):
     created_at: str
     idle_s: float
     queue_position: int | None
+    owner: str | None
+
+
+class WhoAmI(TypedDict):
+    """``GET /whoami``: the user the request's token belongs to."""
+
+    name: str
+    admin: bool
 
 
 class RunRequest(TypedDict):
@@ -191,6 +201,7 @@ FIELD_DOCS: dict[str, dict[str, str]] = {
         "stdout_log_truncated": "the log reached --max-log-mb; later output was dropped",
     },
     "TaskDetail": {"stdout": "the tail of the output (see stdout_truncated)"},
+    "WhoAmI": {"admin": "sees and acts on every user's tasks, models and kernels"},
 }
 
 WIRE_SHAPES: tuple[type, ...] = (
@@ -200,6 +211,7 @@ WIRE_SHAPES: tuple[type, ...] = (
     Model,
     ModelList,
     Kernel,
+    WhoAmI,
     RunRequest,
     InitEvent,
     GpuUpdateEvent,

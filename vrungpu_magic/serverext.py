@@ -8,12 +8,23 @@ for the dashboard link. Routes, under the server's ``base_url``:
 - ``vrungpu/api/<path>``  REST, GET/POST/PUT/DELETE → gateway ``/<path>`` (query and body kept)
 - ``vrungpu/ws``          WebSocket ↔ gateway ``/ws``, relayed both ways
 - ``vrungpu/dashboard``   ``{"url": "<gateway>/dashboard/?token=<token>"}``
+
+Whose token: each Jupyter user's own. Under JupyterHub every user's single-user server runs as
+that user and reads that user's own settings, so the configured token is the owner's
+(``JUPYTERHUB_USER``); another Hub user let into this server (sharing) is refused, never
+served with the owner's token. A server shared by several users (its own identity provider)
+names each user's token in a file given by ``VRUNGPU_USER_TOKENS`` (JSON ``{"alice": "T"}``,
+readable by the server's account alone); a user it does not name is refused (403,
+``code: no_gateway_token``). A plain single-user ``jupyter lab`` has one user, its owner.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import os
+import stat
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -37,7 +48,75 @@ FORWARD_REQUEST_HEADERS = ("Content-Type", "Accept")
 FORWARD_RESPONSE_HEADERS = ("Content-Disposition", "Cache-Control", "X-Total-Count")
 MAX_WS_MESSAGE_BYTES = 64 * 1024 * 1024
 
-ConnectionSource = Callable[[], Connection]
+USER_TOKENS_ENV = "VRUNGPU_USER_TOKENS"
+NO_TOKEN = "no_gateway_token"
+
+ConnectionSource = Callable[[str | None], Connection]  # a Jupyter user's name -> theirs
+
+
+class NoTokenForUser(Exception):
+    """This Jupyter user has no gateway token of their own here."""
+
+
+def read_user_tokens(path: str | None) -> dict[str, str]:
+    """The per-user tokens file (``{}`` without one); ValueError, one line, when it is
+    unreadable, not ``{"name": "token"}``, or readable by other accounts."""
+    if not path:
+        return {}
+    try:
+        with open(path, encoding="utf-8") as fh:
+            if os.fstat(fh.fileno()).st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+                raise ValueError(f"{USER_TOKENS_ENV} {path}: readable by others (chmod 600)")
+            tokens = json.load(fh)
+    except OSError as exc:
+        raise ValueError(f"{USER_TOKENS_ENV} {path}: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{USER_TOKENS_ENV} {path}: not valid JSON ({exc})") from None
+    if not isinstance(tokens, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and v for k, v in tokens.items()
+    ):
+        raise ValueError(f'{USER_TOKENS_ENV} {path}: expected {{"user": "token", ...}}')
+    return tokens
+
+
+def connection_for(
+    username: str | None,
+    *,
+    base: Connection,
+    user_tokens: dict[str, str],
+    owner: str | None,
+) -> Connection:
+    """The gateway connection to use for the Jupyter user ``username``: their own token
+    from ``user_tokens``, else the configured one when they own this server (``owner``:
+    the JupyterHub user it runs for; None with no Hub). NoTokenForUser otherwise."""
+    if username is not None and username in user_tokens:
+        return dataclasses.replace(base, token=user_tokens[username])
+    if owner is None and not user_tokens:
+        return base  # a single-user server: whoever passed Jupyter's auth is its owner
+    if owner is not None and username == owner:
+        return base
+    raise NoTokenForUser(
+        f"no VrunGPU token for Jupyter user {username!r} on this server (the configured "
+        f"token is {owner or 'nobody'}'s); name one in {USER_TOKENS_ENV}"
+    )
+
+
+def user_connection(username: str | None) -> Connection:
+    """``connection_for`` with this process's settings: the user's ~/.vrungpu (or
+    VRUNGPU_URL/VRUNGPU_TOKEN), ``VRUNGPU_USER_TOKENS`` and ``JUPYTERHUB_USER``."""
+    return connection_for(
+        username,
+        base=load_connection(),
+        user_tokens=read_user_tokens(os.environ.get(USER_TOKENS_ENV)),
+        owner=os.environ.get("JUPYTERHUB_USER") or None,
+    )
+
+
+def _username(user: Any) -> str | None:
+    """The name of jupyter_server's current user (a ``User``, or a str in older servers)."""
+    if user is None or isinstance(user, str):
+        return user
+    return getattr(user, "username", None)
 
 
 def _auth_headers(conn: Connection) -> dict[str, str]:
@@ -62,6 +141,15 @@ class _GatewayHandler(APIHandler):
     def write_json_error(self, status: int, detail: str, code: str) -> None:
         self.set_status(status)
         self.finish(json.dumps({"detail": detail, "code": code}))
+
+    def connection(self) -> Connection | None:
+        """The current Jupyter user's connection; None (403 written) when they have none."""
+        try:
+            return self._connection(_username(self.current_user))
+        except (NoTokenForUser, ValueError) as exc:
+            self.log.warning("VrunGPU proxy: %s", exc)
+            self.write_json_error(403, str(exc), NO_TOKEN)
+            return None
 
 
 class ApiProxyHandler(_GatewayHandler):
@@ -88,7 +176,9 @@ class ApiProxyHandler(_GatewayHandler):
         await self._proxy(path)
 
     async def _proxy(self, _path: str) -> None:
-        conn = self._connection()
+        conn = self.connection()
+        if conn is None:
+            return
         request = self._upstream_request(conn, self._raw_path())
         try:
             response = await httpclient.AsyncHTTPClient().fetch(request, raise_error=False)
@@ -146,7 +236,9 @@ class DashboardLinkHandler(_GatewayHandler):
     @web.authenticated
     @authorized
     def get(self) -> None:
-        conn = self._connection()
+        conn = self.connection()
+        if conn is None:
+            return
         url = f"{conn.url}/dashboard/"
         if conn.token:
             url += f"?token={quote(conn.token, safe='')}"
@@ -161,6 +253,7 @@ class WebSocketProxyHandler(WebSocketMixin, websocket.WebSocketHandler, JupyterH
 
     def initialize(self, connection: ConnectionSource) -> None:
         self._connection = connection
+        self._conn: Connection | None = None  # the user's, chosen before the upgrade
         self._upstream: websocket.WebSocketClientConnection | None = None
         self._relay: asyncio.Task[None] | None = None
         self._closed = False
@@ -173,11 +266,17 @@ class WebSocketProxyHandler(WebSocketMixin, websocket.WebSocketHandler, JupyterH
         user = self.current_user
         if not await ensure_async(self.authorizer.is_authorized(self, user, "read", AUTH_RESOURCE)):
             raise web.HTTPError(403)
+        try:
+            self._conn = self._connection(_username(user))
+        except (NoTokenForUser, ValueError) as exc:
+            self.log.warning("VrunGPU proxy: %s", exc)
+            raise web.HTTPError(403, str(exc)) from None
         await super().get(*args, **kwargs)
 
     async def open(self, *args: Any, **kwargs: Any) -> None:
         super().open(*args, **kwargs)  # starts the keep-alive pings
-        conn = self._connection()
+        conn = self._conn
+        assert conn is not None  # chosen in get(), before the upgrade
         request = httpclient.HTTPRequest(
             _ws_url(conn.url),
             headers=_auth_headers(conn),
@@ -238,7 +337,7 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
     """Register the proxy routes on the Jupyter server."""
     web_app = serverapp.web_app
     base_url = web_app.settings["base_url"]
-    deps = {"connection": load_connection}
+    deps = {"connection": user_connection}
     web_app.add_handlers(
         ".*$",
         [

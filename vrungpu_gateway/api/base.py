@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import os
@@ -22,6 +21,7 @@ from vrungpu_gateway.engine.errors import (
     TooLarge,
     Unavailable,
 )
+from vrungpu_gateway.engine.users import User
 from vrungpu_gateway.service import Gateway
 
 log = logging.getLogger(__name__)
@@ -45,12 +45,6 @@ def token_from_request(request: tornado.httputil.HTTPServerRequest) -> str | Non
     return values[-1].decode("utf-8", "replace") if values else None
 
 
-def token_matches(expected: str | None, given: str | None) -> bool:
-    if expected is None:
-        return True
-    return given is not None and hmac.compare_digest(expected.encode(), given.encode())
-
-
 class ApiError(tornado.web.HTTPError):
     """An HTTP error with our JSON body."""
 
@@ -62,6 +56,7 @@ class ApiError(tornado.web.HTTPError):
 
 class BaseHandler(tornado.web.RequestHandler):
     gateway: Gateway
+    user: User  # who asks (set by prepare; the admin for the main token or --no-auth)
     public = False  # True only for /health
 
     def initialize(self, gateway: Gateway) -> None:
@@ -72,14 +67,16 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_header("Cache-Control", "no-store")
 
     def prepare(self) -> None:
-        if not self.public and not token_matches(
-            self.gateway.token, token_from_request(self.request)
-        ):
+        if self.public:
+            return
+        user = self.gateway.users.resolve(token_from_request(self.request))
+        if user is None:
             raise ApiError(
                 401,
                 "missing or wrong token (send 'Authorization: token <T>' or ?token=<T>)",
                 "unauthorized",
             )
+        self.user = user
 
     # -- JSON helpers ------------------------------------------------------------------------
     def json_body(self) -> dict[str, Any]:

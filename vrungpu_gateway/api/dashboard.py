@@ -13,7 +13,7 @@ from typing import Any
 
 import tornado.web
 
-from vrungpu_gateway.api.base import BaseHandler, token_from_request, token_matches
+from vrungpu_gateway.api.base import BaseHandler, token_from_request
 from vrungpu_gateway.service import Gateway
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "static" / "dashboard"
@@ -41,7 +41,7 @@ class DashboardSessionHandler(BaseHandler):
         self.write_json(
             {
                 "auth_required": self.gateway.token is not None,
-                "authenticated": token_matches(self.gateway.token, given),
+                "authenticated": self.gateway.users.resolve(given) is not None,
             }
         )
 

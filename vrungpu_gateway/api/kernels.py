@@ -62,37 +62,37 @@ class KernelSpecHandler(BaseHandler):
 class KernelsHandler(BaseHandler):
     def get(self) -> None:
         session = self.get_query_argument("session", None)
-        self.write_json(self.gateway.kernels.list(session=session))
+        self.write_json(self.gateway.kernels.list(session=session, user=self.user))
 
     async def post(self) -> None:
         body = self.json_body() if self.request.body else {}
         args = parse_start(body)
         args["spec_name"] = args["spec_name"] or self.gateway.kernels.specs()["default"]
-        model, created = await self.gateway.kernels.start(**args)
+        model, created = await self.gateway.kernels.start(**args, user=self.user)
         self.set_header("Location", f"/api/kernels/{model['id']}")
         self.write_json(model, status=201 if created else 200)
 
 
 class KernelHandler(BaseHandler):
     def get(self, kernel_id: str) -> None:
-        self.write_json(self.gateway.kernels.get(kernel_id))
+        self.write_json(self.gateway.kernels.get(kernel_id, user=self.user))
 
     async def delete(self, kernel_id: str) -> None:
-        await self.gateway.kernels.shutdown(kernel_id=kernel_id)
+        await self.gateway.kernels.shutdown(kernel_id=kernel_id, user=self.user)
         self.set_status(204)
         self.finish()
 
 
 class KernelInterruptHandler(BaseHandler):
     async def post(self, kernel_id: str) -> None:
-        await self.gateway.kernels.interrupt(kernel_id=kernel_id)
+        await self.gateway.kernels.interrupt(kernel_id=kernel_id, user=self.user)
         self.set_status(204)
         self.finish()
 
 
 class KernelRestartHandler(BaseHandler):
     async def post(self, kernel_id: str) -> None:
-        self.write_json(await self.gateway.kernels.restart(kernel_id=kernel_id))
+        self.write_json(await self.gateway.kernels.restart(kernel_id=kernel_id, user=self.user))
 
 
 class KernelChannelsHandler(WebSocketHandler):
@@ -109,7 +109,7 @@ class KernelChannelsHandler(WebSocketHandler):
         return MAX_CHANNEL_MESSAGE
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
-        if not self.gateway.kernels.exists(kwargs["kernel_id"]):
+        if not self.gateway.kernels.exists(kwargs["kernel_id"], user=self.user):
             self.set_status(404)
             self.set_header("Content-Type", "application/json; charset=utf-8")
             detail = f"kernel {kwargs['kernel_id']} not found"
@@ -121,7 +121,10 @@ class KernelChannelsHandler(WebSocketHandler):
         self.set_nodelay(True)  # small messages, one round trip each: no Nagle delay
         try:
             self.link = self.gateway.kernels.connect(
-                kernel_id=kwargs["kernel_id"], send=self._send, end=self._kernel_ended
+                kernel_id=kwargs["kernel_id"],
+                send=self._send,
+                end=self._kernel_ended,
+                user=self.user,
             )
         except EngineError as exc:
             self.close(1011, exc.detail)

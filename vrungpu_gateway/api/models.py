@@ -116,7 +116,7 @@ class ModelListHandler(BaseHandler):
         limit = self.int_argument("limit", 100, minimum=1, maximum=1000)
         offset = self.int_argument("offset", 0)
         items, total = await self.gateway.models.list(
-            name=name, status=status, limit=limit, offset=offset
+            name=name, status=status, limit=limit, offset=offset, user=self.user
         )
         self.write_json({"models": items, "total": total, "limit": limit, "offset": offset})
 
@@ -186,6 +186,7 @@ class ModelRegisterHandler(BaseHandler):
                 extras=[(f.path, f.filename) for f in extras],
                 unpack=_flag(fields.get("unpack", ""), "unpack"),
                 task_id=_text(fields, "task_id", max_len=64),
+                user=self.user,
             )
         finally:
             sink.discard()
@@ -207,12 +208,13 @@ class ModelRegisterHandler(BaseHandler):
             meta=parse_meta(body, form=False),
             task_id=task_id,
             path=_text(body, "path", max_len=1000),
+            user=self.user,
         )
 
 
 class ModelHandler(BaseHandler):
     async def get(self, model_id: str) -> None:
-        self.write_json(await self.gateway.models.describe(model_id))
+        self.write_json(await self.gateway.models.describe(model_id, user=self.user))
 
     async def patch(self, model_id: str) -> None:
         body = self.json_body()
@@ -228,11 +230,13 @@ class ModelHandler(BaseHandler):
             changes["metrics"] = _metrics(body["metrics"], form=False)
         if not changes:
             raise InvalidRequest("nothing to change: give status, description or metrics")
-        record = await self.gateway.models.update(model_id=model_id, changes=changes)
+        record = await self.gateway.models.update(
+            model_id=model_id, changes=changes, user=self.user
+        )
         self.write_json(await self.gateway.models.describe(record.model_id))
 
     async def delete(self, model_id: str) -> None:
-        unloaded = await self.gateway.models.delete(model_id=model_id)
+        unloaded = await self.gateway.models.delete(model_id=model_id, user=self.user)
         self.write_json({"model_id": model_id, "deleted": True, "unloaded_workers": unloaded})
 
 
@@ -241,7 +245,7 @@ class ModelDownloadHandler(BaseHandler):
 
     async def get(self, model_id: str) -> None:
         file = self.get_query_argument("file", None) or None
-        download = await self.gateway.models.download(model_id=model_id, file=file)
+        download = await self.gateway.models.download(model_id=model_id, file=file, user=self.user)
         try:
             if file is None:
                 record = await self.gateway.models.get(model_id)
@@ -267,7 +271,7 @@ class ModelInferenceHandler(BaseHandler):
         options = {k: body[k] for k in INFERENCE_OPTIONS if k in body}
         spec = parse_task_spec(options, default_timeout_s=default_s)
         record = await self.gateway.models.infer(
-            model_id=model_id, input_data=body["input_data"], spec=spec
+            model_id=model_id, input_data=body["input_data"], spec=spec, user=self.user
         )
         if not sync:
             self.write_json(

@@ -132,6 +132,7 @@ PATHS: dict[str, dict[str, Any]] = {
     "/gpu": {"get": _op("GPUs with live metrics and the task holding each", errors=(401,))},
     "/gpu/pool": {"get": _op("GPU allocations", errors=(401,))},
     "/stats": {"get": _op("Task, model and GPU statistics", errors=(401,))},
+    "/whoami": {"get": _op("The user of the token", errors=(401,), returns="WhoAmI")},
     "/run/sync": {"post": _op("Run code and wait for the end", body="json", returns="TaskDetail")},
     "/run/async": {
         "post": _op(

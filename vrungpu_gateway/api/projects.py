@@ -70,7 +70,7 @@ class RunProjectHandler(BaseHandler):
                 entry_point=entry_point,
                 limits=ZipLimits.from_config(self.gateway.config),
             )
-            record = await self.gateway.tasks.submit(spec=spec, prepare=prepare)
+            record = await self.gateway.tasks.submit(spec=spec, prepare=prepare, user=self.user)
         finally:
             sink.discard()
             self.sink = None

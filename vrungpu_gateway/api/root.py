@@ -1,4 +1,4 @@
-"""Service routes: `/`, `/health`, `/stats`."""
+"""Service routes: `/`, `/health`, `/stats`, `/whoami`."""
 
 from __future__ import annotations
 
@@ -22,8 +22,14 @@ class StatsHandler(BaseHandler):
         self.write_json(await self.gateway.stats())
 
 
+class WhoAmIHandler(BaseHandler):
+    def get(self) -> None:
+        self.write_json({"name": self.user.name, "admin": self.user.admin})
+
+
 ROUTES = [
     (r"/", RootHandler),
     (r"/health", HealthHandler),
     (r"/stats", StatsHandler),
+    (r"/whoami", WhoAmIHandler),
 ]

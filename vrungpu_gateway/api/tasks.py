@@ -30,7 +30,7 @@ class RunHandler(BaseHandler):
         self.gateway.tasks.limits.check_code(code)  # before a byte of it is written
         spec = parse_task_spec(body, default_timeout_s=self.gateway.config.default_timeout_s)
         record = await self.gateway.tasks.submit(
-            spec=spec, prepare=functools.partial(write_code, code=code)
+            spec=spec, prepare=functools.partial(write_code, code=code), user=self.user
         )
         if not self.wait:
             self.write_json(
@@ -52,10 +52,10 @@ class RunSyncHandler(RunHandler):
 
 class TaskHandler(BaseHandler):
     async def get(self, task_id: str) -> None:
-        self.write_json(await self.gateway.tasks.describe(task_id))
+        self.write_json(await self.gateway.tasks.describe(task_id, user=self.user))
 
     async def delete(self, task_id: str) -> None:
-        await self.gateway.tasks.delete(task_id=task_id)
+        await self.gateway.tasks.delete(task_id=task_id, user=self.user)
         self.write_json({"task_id": task_id, "deleted": True})
 
 
@@ -67,7 +67,12 @@ class TaskListHandler(BaseHandler):
         limit = self.int_argument("limit", 50, minimum=1, maximum=1000)
         offset = self.int_argument("offset", 0)
         items, total = await self.gateway.tasks.list_tasks(
-            status=status, task_type=task_type, device=device, limit=limit, offset=offset
+            status=status,
+            task_type=task_type,
+            device=device,
+            limit=limit,
+            offset=offset,
+            user=self.user,
         )
         # The seed's bare list; the total and the neighbouring pages go in headers.
         self.set_header("X-Total-Count", str(total))
@@ -107,7 +112,7 @@ def page_links(url: str, *, total: int, limit: int, offset: int) -> str:
 
 class TaskCancelHandler(BaseHandler):
     async def post(self, task_id: str) -> None:
-        record = await self.gateway.tasks.cancel(task_id=task_id)
+        record = await self.gateway.tasks.cancel(task_id=task_id, user=self.user)
         self.write_json(
             {"task_id": task_id, "status": record.status.value, "message": record.error}
         )
@@ -123,7 +128,7 @@ class TaskProgressHandler(BaseHandler):
         if message is not None and not isinstance(message, str):
             raise InvalidRequest("message must be a string")
         record = await self.gateway.tasks.set_progress(
-            task_id=task_id, progress=float(progress), message=message
+            task_id=task_id, progress=float(progress), message=message, user=self.user
         )
         self.write_json(
             {
@@ -139,7 +144,7 @@ class TaskLogsHandler(BaseHandler):
     subscriptions use, so ``next_offset`` can be handed to a ``subscribe`` and back."""
 
     async def get(self, task_id: str) -> None:
-        record = await self.gateway.tasks.get(task_id)
+        record = await self.gateway.tasks.get(task_id, user=self.user)
         stream = self.get_query_argument("stream", "all")
         if stream not in (*STREAMS, "all"):
             raise InvalidRequest("stream must be stdout, stderr or all")
@@ -183,7 +188,7 @@ class TaskFilesHandler(BaseHandler):
     """`GET /task/{id}/files` lists the workspace; `/files/{path}` downloads one file."""
 
     async def get(self, task_id: str, path: str | None = None) -> None:
-        await self.gateway.tasks.get(task_id)
+        await self.gateway.tasks.get(task_id, user=self.user)
         workspace = self.gateway.layout.workspace(task_id)
         if not path:
             entries = await asyncio.to_thread(list_files, workspace)

@@ -16,9 +16,10 @@ from typing import Any
 import tornado.web
 import tornado.websocket
 
-from vrungpu_gateway.api.base import token_from_request, token_matches
+from vrungpu_gateway.api.base import token_from_request
 from vrungpu_gateway.api.guard import BrowserPolicy
 from vrungpu_gateway.engine.streams import Client
+from vrungpu_gateway.engine.users import User
 from vrungpu_gateway.service import Gateway
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ def _dumps(message: dict[str, Any]) -> str:
 
 class WebSocketHandler(tornado.websocket.WebSocketHandler):
     gateway: Gateway
+    user: User  # who connected (set by prepare)
 
     def initialize(self, gateway: Gateway) -> None:
         self.gateway = gateway
@@ -45,7 +47,10 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         return MAX_CLIENT_MESSAGE
 
     def prepare(self) -> None:
-        if not token_matches(self.gateway.token, token_from_request(self.request)):
+        user = self.gateway.users.resolve(token_from_request(self.request))
+        if user is not None:
+            self.user = user
+        else:
             self.set_status(401)
             self.set_header("Content-Type", "application/json; charset=utf-8")
             self.finish(
@@ -66,14 +71,14 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
     async def open(self, *args: Any, **kwargs: Any) -> None:
         self._limit_send_buffer()
         hub = self.gateway.streams
-        self.client = hub.connect(on_overrun=self._overrun)
+        self.client = hub.connect(user=self.user, on_overrun=self._overrun)
         log.info(
             "websocket client %s connected (%d connected)",
             self.request.remote_ip,
             hub.client_count,
         )
         self._writer = asyncio.create_task(self._write_loop(self.client))
-        self.client.start(await hub.init_message())
+        self.client.start(await hub.init_message(user=self.user))
 
     async def on_message(self, message: str | bytes) -> None:
         if self.client is None:

@@ -24,7 +24,8 @@ HolderSource = Callable[[str], dict[str, Any] | None]  # holder id -> its descri
 
 
 class GpuHolders:
-    """Names the holder of a slot: ``{"kind": "task"|"kernel"|"worker", "id", ...}``."""
+    """Names the holder of a slot: ``{"kind": "task"|"kernel"|"worker", "id", "owner"?,
+    ...}`` (``owner``: the user whose task or kernel it is)."""
 
     def __init__(self, sources: list[HolderSource] | None = None) -> None:
         self.sources = list(sources or [])
@@ -37,10 +38,11 @@ class GpuHolders:
         return {"kind": "task", "id": holder_id}
 
     def line(self, holder_id: str) -> str:
-        """``kernel K (session S)`` or ``task T``: for one-line messages."""
+        """``kernel K (session S) of alice`` or ``task T``: for one-line messages."""
         holder = self.describe(holder_id)
         session = f" (session {holder['session']})" if holder.get("session") else ""
-        return f"{holder['kind']} {holder['id']}{session}"
+        owner = f" of {holder['owner']}" if holder.get("owner") else ""
+        return f"{holder['kind']} {holder['id']}{session}{owner}"
 
 
 class GpuMonitor:

@@ -38,6 +38,7 @@ from vrungpu_gateway.engine.scheduler import Assignment, Request, Scheduler
 from vrungpu_gateway.engine.supervisor import Outcome, Supervisor
 from vrungpu_gateway.engine.task import TaskRecord, new_id, utcnow
 from vrungpu_gateway.engine.throttle import Throttle
+from vrungpu_gateway.engine.users import User
 from vrungpu_gateway.engine.workspace import remove_workspace
 from vrungpu_gateway.protocol import Device, FailureReason, TaskStatus, TaskType
 from vrungpu_gateway.store import tasks as repo
@@ -135,8 +136,10 @@ class TaskManager:
             raise InvalidRequest(problem, code="unsatisfiable")
         return request, "gpu" if use_gpu else "cpu"
 
-    async def submit(self, *, spec: TaskSpec, prepare: Prepare) -> TaskRecord:
-        """Validate, prepare the workspace, store the task and queue it."""
+    async def submit(
+        self, *, spec: TaskSpec, prepare: Prepare, user: User | None = None
+    ) -> TaskRecord:
+        """Validate, prepare the workspace, store the task (owned by ``user``) and queue it."""
         task_id = new_id()
         request, device = self._request(task_id, spec)
         self.limits.check_env(spec.env)
@@ -161,6 +164,7 @@ class TaskManager:
             save_model=spec.save_model,
             model_name=spec.model_name,
             model_id=spec.model_id,
+            owner=user.name if user is not None else None,
         )
         try:
             if requirements and self.envs is not None:
@@ -425,20 +429,27 @@ class TaskManager:
             live.persist.poke()
 
     # -- queries ------------------------------------------------------------------------------
-    async def get(self, task_id: str) -> TaskRecord:
+    async def get(self, task_id: str, *, user: User | None = None) -> TaskRecord:
+        """The task; NotFound when there is none, or ``user`` may not see it (the same
+        answer: another user's ids are not disclosed)."""
         live = self._live.get(task_id)
-        if live is not None:
-            return live.record
-        record = await self.db.run(repo.get_task, self.db, task_id)
+        record = live.record if live is not None else None
         if record is None:
+            record = await self.db.run(repo.get_task, self.db, task_id)
+        if record is None or (user is not None and not user.owns(record.owner)):
             raise NotFound(f"task {task_id} not found", code="task_not_found")
         return record
 
+    def owner_of(self, task_id: str) -> str | None:
+        """The owner of a live task (None for none, or one from before users)."""
+        live = self._live.get(task_id)
+        return live.record.owner if live is not None else None
+
     async def describe(
-        self, task_id: str, *, tail_bytes: int = logfiles.TAIL_BYTES
+        self, task_id: str, *, user: User | None = None, tail_bytes: int = logfiles.TAIL_BYTES
     ) -> wire.TaskDetail:
         """The task's JSON with the tails of both streams."""
-        record = await self.get(task_id)
+        record = await self.get(task_id, user=user)
         return await asyncio.to_thread(self.with_tails, self.present(record), max_bytes=tail_bytes)
 
     def with_tails(self, task: wire.Task, *, max_bytes: int) -> wire.TaskDetail:
@@ -459,7 +470,9 @@ class TaskManager:
         device: str | None = None,
         limit: int = 50,
         offset: int = 0,
+        user: User | None = None,
     ) -> tuple[list[wire.Task], int]:
+        """Newest first; only ``user``'s own unless an admin (None: all)."""
         records, total = await self.db.run(
             lambda: repo.list_tasks(
                 self.db,
@@ -468,6 +481,7 @@ class TaskManager:
                 device=device,
                 limit=limit,
                 offset=offset,
+                owner=user.scope if user is not None else None,
             )
         )
         items = []
@@ -519,10 +533,10 @@ class TaskManager:
                 await asyncio.wait_for(asyncio.shield(live.done.wait()), timeout_s)
         return await self.get(task_id)
 
-    async def cancel(self, *, task_id: str) -> TaskRecord:
+    async def cancel(self, *, task_id: str, user: User | None = None) -> TaskRecord:
+        record = await self.get(task_id, user=user)
         live = self._live.get(task_id)
         if live is None:
-            record = await self.get(task_id)
             raise Conflict(f"task {task_id} is already {record.status.value}", code="task_not_live")
         if self.scheduler.cancel(task_id):
             record = live.record
@@ -537,25 +551,25 @@ class TaskManager:
         await live.done.wait()
         return live.record
 
-    async def delete(self, *, task_id: str) -> None:
+    async def delete(self, *, task_id: str, user: User | None = None) -> None:
         """Cancel the task if live, then remove its row, workspace and logs."""
-        await self.get(task_id)
+        owner = (await self.get(task_id, user=user)).owner
         if task_id in self._live:
             await self.cancel(task_id=task_id)
         await self.db.run(repo.delete_task, self.db, task_id)
         await asyncio.to_thread(self._remove_files, task_id)
-        self.bus.publish({"type": "task_deleted", "task_id": task_id})
+        self.bus.publish({"type": "task_deleted", "task_id": task_id, "owner": owner})
 
     def _remove_files(self, task_id: str) -> None:
         remove_workspace(self.layout.workspace(task_id))
         logfiles.remove_logs(self.layout.logs, task_id)
 
     async def set_progress(
-        self, *, task_id: str, progress: float, message: str | None
+        self, *, task_id: str, progress: float, message: str | None, user: User | None = None
     ) -> TaskRecord:
+        record = await self.get(task_id, user=user)
         live = self._live.get(task_id)
         if live is None:
-            record = await self.get(task_id)
             raise Conflict(
                 f"task {task_id} is {record.status.value}; progress is final", code="task_not_live"
             )

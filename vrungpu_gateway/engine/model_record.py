@@ -47,6 +47,7 @@ class ModelRecord:
     metrics: dict[str, Any] | None = None
     description: str | None = None
     created_at: datetime = field(default_factory=utcnow)
+    owner: str | None = None  # the user who registered it (None: from before users: the admin's)
 
     @classmethod
     def column_names(cls) -> list[str]:

@@ -45,6 +45,7 @@ def task_json(record: TaskRecord, *, queue_position: int | None) -> wire.Task:
             "save_model": record.save_model,
             "result": record.result,
             "queue_position": queue_position,
+            "owner": record.owner,
         },
     )
 
@@ -72,5 +73,6 @@ def model_json(record: ModelRecord, *, warm: bool) -> wire.Model:
             "description": record.description,
             "download_url": f"/model/{record.model_id}/download",
             "warm": warm,
+            "owner": record.owner,
         },
     )

@@ -40,6 +40,7 @@ from vrungpu_gateway.engine.model_record import ArtifactKind, ModelRecord, Model
 from vrungpu_gateway.engine.paths import resolve_inside
 from vrungpu_gateway.engine.present import model_json
 from vrungpu_gateway.engine.task import TaskRecord
+from vrungpu_gateway.engine.users import User
 from vrungpu_gateway.engine.worker_process import write_input
 from vrungpu_gateway.engine.workers import WorkerPool
 from vrungpu_gateway.protocol import TaskType
@@ -99,10 +100,12 @@ class ModelRegistry:
         extras: list[tuple[Path, str]],
         unpack: bool = False,
         task_id: str | None = None,
+        user: User | None = None,
     ) -> ModelRecord:
-        """Store uploaded files (already on disk): the artifact and its companions."""
+        """Store uploaded files (already on disk): the artifact and its companions, owned
+        by ``user``."""
         if task_id is not None:
-            await self.tasks.get(task_id)  # lineage must point at a real task
+            await self.tasks.get(task_id, user=user)  # lineage must point at a real task
         stage = functools.partial(
             stage_upload,
             upload=upload,
@@ -111,14 +114,22 @@ class ModelRegistry:
             unpack=unpack,
             limits=self.zip_limits,
         )
-        return await self._store(name=name, meta=meta, task_id=task_id, stage=stage)
+        return await self._store(
+            name=name, meta=meta, task_id=task_id, stage=stage, owner=_owner(user)
+        )
 
     async def register_from_task(
-        self, *, name: str, meta: ModelMeta, task_id: str, path: str | None
+        self,
+        *,
+        name: str,
+        meta: ModelMeta,
+        task_id: str,
+        path: str | None,
+        user: User | None = None,
     ) -> ModelRecord:
         """Copy a file or folder of a finished task's workspace (the newest model file when
         ``path`` is None) into the registry, with the task as its lineage."""
-        task = await self.tasks.get(task_id)
+        task = await self.tasks.get(task_id, user=user)
         if task.status.is_live():
             raise Conflict(
                 f"task {task_id} is {task.status.value}: register its files once it has finished",
@@ -126,7 +137,9 @@ class ModelRegistry:
             )
         source = await asyncio.to_thread(self._source, task_id, path)
         stage = functools.partial(stage_from_workspace, source=source)
-        return await self._store(name=name, meta=meta, task_id=task_id, stage=stage)
+        return await self._store(
+            name=name, meta=meta, task_id=task_id, stage=stage, owner=_owner(user)
+        )
 
     def _source(self, task_id: str, path: str | None) -> Path:
         workspace = self.layout.workspace(task_id)
@@ -147,7 +160,7 @@ class ModelRegistry:
         return source
 
     async def _store(
-        self, *, name: str, meta: ModelMeta, task_id: str | None, stage: Stage
+        self, *, name: str, meta: ModelMeta, task_id: str | None, stage: Stage, owner: str | None
     ) -> ModelRecord:
         model_id = new_model_id()
         staging = self.layout.models / f"{STAGING_PREFIX}{model_id}"
@@ -171,6 +184,7 @@ class ModelRegistry:
             task_id=task_id,
             metrics=meta.metrics,
             description=meta.description,
+            owner=owner,
         )
         try:
             record = await self.db.run(repo.insert_model, self.db, record)
@@ -205,13 +219,15 @@ class ModelRegistry:
             meta=ModelMeta(metrics=metrics, description=f"saved by task {record.task_id}"),
             task_id=record.task_id,
             stage=functools.partial(stage_from_workspace, source=source),
+            owner=record.owner,
         )
         record.model_id = model.model_id
 
     # -- reading ------------------------------------------------------------------------------
-    async def get(self, model_id: str) -> ModelRecord:
+    async def get(self, model_id: str, *, user: User | None = None) -> ModelRecord:
+        """The model; NotFound when there is none or ``user`` may not see it (one answer)."""
         record = await self.db.run(repo.get_model, self.db, model_id)
-        if record is None:
+        if record is None or (user is not None and not user.owns(record.owner)):
             raise NotFound(f"model {model_id} not found", code="model_not_found")
         return record
 
@@ -219,22 +235,37 @@ class ModelRegistry:
         """The model's JSON, wherever it is sent (``warm``: a worker has it loaded)."""
         return model_json(record, warm=record.model_id in self.pool.warm_models())
 
-    async def describe(self, model_id: str) -> wire.Model:
-        return self.present(await self.get(model_id))
+    async def describe(self, model_id: str, *, user: User | None = None) -> wire.Model:
+        return self.present(await self.get(model_id, user=user))
 
     async def list(
-        self, *, name: str | None, status: str | None, limit: int, offset: int
+        self,
+        *,
+        name: str | None,
+        status: str | None,
+        limit: int,
+        offset: int,
+        user: User | None = None,
     ) -> tuple[list[wire.Model], int]:
+        """Newest first; only ``user``'s own unless an admin (None: all)."""
         records, total = await self.db.run(
             functools.partial(
-                repo.list_models, self.db, name=name, status=status, limit=limit, offset=offset
+                repo.list_models,
+                self.db,
+                name=name,
+                status=status,
+                limit=limit,
+                offset=offset,
+                owner=user.scope if user is not None else None,
             )
         )
         return [self.present(r) for r in records], total
 
-    async def download(self, *, model_id: str, file: str | None = None) -> Download:
+    async def download(
+        self, *, model_id: str, file: str | None = None, user: User | None = None
+    ) -> Download:
         """What `GET /model/{id}/download` sends: the artifact, one named file, or a zip."""
-        record = await self.get(model_id)
+        record = await self.get(model_id, user=user)
         folder = self.layout.models / model_id
         if file is not None:
             target = resolve_inside(folder, file, what="file")
@@ -248,9 +279,11 @@ class ModelRegistry:
         return Download(scratch, f"{record.file_name}.zip", temporary=True)
 
     # -- changing -----------------------------------------------------------------------------
-    async def update(self, *, model_id: str, changes: dict[str, Any]) -> ModelRecord:
+    async def update(
+        self, *, model_id: str, changes: dict[str, Any], user: User | None = None
+    ) -> ModelRecord:
         """Set ``status`` (ready|archived), ``description`` or ``metrics``; archiving unloads."""
-        await self.get(model_id)
+        await self.get(model_id, user=user)
         if changes.get("status") is ModelStatus.ARCHIVED:
             await self.pool.unload(model_id=model_id, reason="the model was archived")
         record = await self.db.run(repo.update_model, self.db, model_id, changes)
@@ -259,15 +292,15 @@ class ModelRegistry:
         self.bus.publish({"type": "model_update", "model": self.present(record)})
         return record
 
-    async def delete(self, *, model_id: str) -> int:
+    async def delete(self, *, model_id: str, user: User | None = None) -> int:
         """Unload its warm workers, then remove the row and the files; workers unloaded."""
-        await self.get(model_id)
+        record = await self.get(model_id, user=user)
         unloaded = await self.pool.unload(
             model_id=model_id, reason="the model was deleted", forever=True
         )
         await self.db.run(repo.delete_model, self.db, model_id)
         await asyncio.to_thread(remove_tree, self.layout.models / model_id)
-        self.bus.publish({"type": "model_deleted", "model_id": model_id})
+        self.bus.publish({"type": "model_deleted", "model_id": model_id, "owner": record.owner})
         log.info("model %s: deleted (%s warm worker(s) unloaded)", model_id, unloaded)
         return unloaded
 
@@ -276,9 +309,12 @@ class ModelRegistry:
         await asyncio.to_thread(_remove_staging, self.layout.models)
 
     # -- inference ----------------------------------------------------------------------------
-    async def infer(self, *, model_id: str, input_data: Any, spec: TaskSpec) -> TaskRecord:
-        """Queue an inference task for a ready model; its input is written as a JSON file."""
-        model = await self.get(model_id)
+    async def infer(
+        self, *, model_id: str, input_data: Any, spec: TaskSpec, user: User | None = None
+    ) -> TaskRecord:
+        """Queue an inference task (owned by ``user``) for a ready model; its input is
+        written as a JSON file."""
+        model = await self.get(model_id, user=user)
         if model.status is not ModelStatus.READY:
             raise Conflict(
                 f"model {model_id} is {model.status.value}; only ready models serve inference",
@@ -294,8 +330,12 @@ class ModelRegistry:
             name=spec.name or f"inference {model.name} v{model.version}",
         )
         return await self.tasks.submit(
-            spec=spec, prepare=functools.partial(write_input, input_data=input_data)
+            spec=spec, prepare=functools.partial(write_input, input_data=input_data), user=user
         )
+
+
+def _owner(user: User | None) -> str | None:
+    return user.name if user is not None else None
 
 
 def _remove_staging(models: Path) -> None:

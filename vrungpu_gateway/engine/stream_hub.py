@@ -15,12 +15,22 @@ from vrungpu_gateway.engine.events import Event, EventBus
 from vrungpu_gateway.engine.gpu_monitor import GpuMonitor
 from vrungpu_gateway.engine.manager import TaskManager
 from vrungpu_gateway.engine.streams import Client, ClientContext, Message, is_terminal
+from vrungpu_gateway.engine.users import User
 
 log = logging.getLogger(__name__)
 
 INIT_TASKS = 20  # the newest tasks in `init` (live ones are always added)
 INIT_TAIL_BYTES = 4 * 1024  # of each stream, per task in `init`
 _NO_ROUTES: dict[str, tuple[Client, ...]] = {}  # never written to
+# The owner of what an event is about, by event type; events not here go to every client.
+# Deletions carry their owner on the bus for this routing only: clients get the seed shape.
+_OWNER_OF: dict[str, Callable[[Event], str | None]] = {
+    "task_update": lambda event: event["task"].get("owner"),
+    "model_update": lambda event: event["model"].get("owner"),
+    "task_deleted": lambda event: event.get("owner"),
+    "model_deleted": lambda event: event.get("owner"),
+}
+_ROUTING_ONLY = {"task_deleted", "model_deleted"}
 
 
 class StreamHub:
@@ -44,8 +54,11 @@ class StreamHub:
     def client_count(self) -> int:
         return len(self._clients)
 
-    def connect(self, *, on_overrun: Callable[[], None] | None = None) -> Client:
-        client = Client(self._context, on_overrun=on_overrun)
+    def connect(
+        self, *, user: User | None = None, on_overrun: Callable[[], None] | None = None
+    ) -> Client:
+        """A new client that sees what ``user`` owns (None: everything)."""
+        client = Client(self._context, on_overrun=on_overrun, user=user)
         if not self._clients:
             self._unsubscribe = self.bus.subscribe(self._route)
         self._clients += (client,)
@@ -78,7 +91,8 @@ class StreamHub:
         self._broadcast(event)
 
     def _route_for(self, task_id: str, stream: str) -> tuple[Client, ...]:
-        clients = tuple(c for c in self._clients if c.wants(task_id, stream))
+        owner = self.tasks.owner_of(task_id)
+        clients = tuple(c for c in self._clients if c.sees(owner) and c.wants(task_id, stream))
         self._routes.setdefault(task_id, {})[stream] = clients
         return clients
 
@@ -86,7 +100,13 @@ class StreamHub:
         kind = event.get("type")
         if kind == "task_update" and is_terminal(event["task"]):  # no more lines will come
             self._routes.pop(event["task"]["task_id"], None)
+        owner_of = _OWNER_OF.get(kind or "")
+        owner = owner_of(event) if owner_of is not None else None
+        if kind in _ROUTING_ONLY:
+            event = {k: v for k, v in event.items() if k != "owner"}
         for client in self._clients:
+            if owner_of is not None and not client.sees(owner):
+                continue
             if kind == "task_update":
                 client.on_task_update(event)
             elif kind == "gpu_update":
@@ -97,22 +117,23 @@ class StreamHub:
                 client.push_control(event)
 
     # -- what clients need from the gateway ---------------------------------------------------
-    async def describe(self, task_id: str) -> Message:
-        """A task's JSON as `task_update` carries it; raises NotFound."""
-        return dict(self.tasks.present(await self.tasks.get(task_id)))
+    async def describe(self, task_id: str, user: User | None) -> Message:
+        """A task's JSON as `task_update` carries it; raises NotFound (also when ``user``
+        may not see it)."""
+        return dict(self.tasks.present(await self.tasks.get(task_id, user=user)))
 
     def is_running(self, task_id: str) -> bool:
         return any(record.task_id == task_id for record in self.tasks.live_records())
 
-    async def init_message(self) -> Message:
-        """`init`: GPUs, pool, and the recent tasks with the tails of their logs."""
+    async def init_message(self, *, user: User | None = None) -> Message:
+        """`init`: GPUs, pool, and the recent tasks (``user``'s) with the tails of their logs."""
         report = await self.monitor.report()
-        items, _ = await self.tasks.list_tasks(limit=INIT_TASKS)
+        items, _ = await self.tasks.list_tasks(limit=INIT_TASKS, user=user)
         listed = {item["task_id"] for item in items}
         items += [
             self.tasks.present(record)
             for record in self.tasks.live_records()
-            if record.task_id not in listed
+            if record.task_id not in listed and (user is None or user.owns(record.owner))
         ]
         tasks = await asyncio.to_thread(
             lambda: [self.tasks.with_tails(item, max_bytes=INIT_TAIL_BYTES) for item in items]

@@ -32,6 +32,7 @@ from typing import Any
 
 from vrungpu_gateway.engine import logs as logfiles
 from vrungpu_gateway.engine.errors import NotFound
+from vrungpu_gateway.engine.users import User
 from vrungpu_gateway.protocol import STREAMS, TaskStatus
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,8 @@ class ClientContext:
     """What a client needs from the gateway (the hub provides it)."""
 
     logs_dir: Path
-    describe: Callable[[str], Awaitable[Message]]  # task summary JSON; raises NotFound
+    # task summary JSON; raises NotFound, also when the user may not see the task
+    describe: Callable[[str, User | None], Awaitable[Message]]
     is_running: Callable[[str], bool]  # the task's output may still grow
     changed: Callable[[], None]  # what some client `wants` changed: the hub re-routes
 
@@ -116,6 +118,7 @@ def is_terminal(task: Message) -> bool:
 class Client:
     ctx: ClientContext
     on_overrun: Callable[[], None] | None = None  # the client stopped reading long ago
+    user: User | None = None  # who connected: sees only what it owns (None: everything)
     subscriptions: dict[str, _Subscription] = field(default_factory=dict)
     closed: bool = False
     _outbox: deque[Any] = field(default_factory=deque)
@@ -128,6 +131,10 @@ class Client:
     _gpu: _Slot | None = None
     _fire_offsets: dict[tuple[str, str], int] = field(default_factory=dict)
     _fire_paused: set[tuple[str, str]] = field(default_factory=set)
+
+    def sees(self, owner: str | None) -> bool:
+        """Whether what ``owner`` owns reaches this client (output, updates, deletions)."""
+        return self.user is None or self.user.owns(owner)
 
     # -- the writer's side ------------------------------------------------------------------
     def start(self, init: Message) -> None:
@@ -395,7 +402,7 @@ class Client:
     async def subscribe(self, task_id: str, offsets: dict[str, int]) -> None:
         """Replay ``task_id``'s output from ``offsets``, then follow it live."""
         try:
-            task = await self.ctx.describe(task_id)
+            task = await self.ctx.describe(task_id, self.user)
         except NotFound as exc:
             self.error(exc.code, exc.detail, task_id=task_id)
             return
@@ -495,7 +502,7 @@ class Client:
 
     async def _send_final(self, sub: _Subscription) -> None:
         try:
-            task = await self.ctx.describe(sub.task_id)
+            task = await self.ctx.describe(sub.task_id, self.user)
         except NotFound:
             return
         if self.subscriptions.get(sub.task_id) is sub:

@@ -52,6 +52,7 @@ class TaskRecord:
     pid: int | None = None  # the job's shim (engine/shim.py)
     stdout_log_truncated: bool = False  # the log reached --max-log-mb; later output dropped
     stderr_log_truncated: bool = False
+    owner: str | None = None  # the user who submitted it (None: from before users: the admin's)
 
     @classmethod
     def column_names(cls) -> list[str]:

@@ -38,6 +38,7 @@ class KernelRecord:
     env: dict[str, str] = field(default_factory=dict)
     ended_at: datetime | None = None
     end_reason: str | None = None
+    owner: str | None = None  # the user who started it (None: from before users: the admin's)
 
     def copy(self) -> KernelRecord:
         return replace(self, gpu_ids=list(self.gpu_ids), env=dict(self.env))

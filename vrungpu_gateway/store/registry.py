@@ -53,9 +53,13 @@ def list_models(
     status: str | None = None,
     limit: int = 100,
     offset: int = 0,
+    owner: str | None = None,
 ) -> tuple[list[ModelRecord], int]:
-    """Newest first (by name, then highest version), filtered; also the matching total."""
+    """Newest first (by name, then highest version), filtered (``owner``: that user's
+    only); also the matching total."""
     query = select(ModelRow)
+    if owner is not None:
+        query = query.where(ModelRow.owner == owner)
     if name is not None:
         query = query.where(ModelRow.name == name)
     if status is not None:

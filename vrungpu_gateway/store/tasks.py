@@ -51,13 +51,15 @@ def list_tasks(
     device: str | None = None,
     limit: int = 50,
     offset: int = 0,
+    owner: str | None = None,
 ) -> tuple[list[TaskRecord], int]:
-    """Newest first, filtered; also the total count that matches."""
+    """Newest first, filtered (``owner``: that user's only); also the total that matches."""
     query = select(TaskRow)
     for column, value in (
         (TaskRow.status, status),
         (TaskRow.task_type, task_type),
         (TaskRow.device, device),
+        (TaskRow.owner, owner),
     ):
         if value is not None:
             query = query.where(column == value)

@@ -99,6 +99,7 @@ class Kernel:
             "id": self.id,
             "session": self.record.session,
             "name": self.record.spec_name,
+            "owner": self.record.owner,
         }
 
     def model(self, *, queue_position: int | None = None) -> dict[str, Any]:
@@ -116,4 +117,5 @@ class Kernel:
             "created_at": iso(record.created_at),
             "idle_s": round(self.idle_s(), 1),
             "queue_position": queue_position,
+            "owner": record.owner,
         }

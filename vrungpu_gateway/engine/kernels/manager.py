@@ -36,6 +36,7 @@ from vrungpu_gateway.engine.manager import TaskManager
 from vrungpu_gateway.engine.runner import DetachedHandle, JobExit
 from vrungpu_gateway.engine.scheduler import Assignment, Request, Scheduler
 from vrungpu_gateway.engine.task import new_id, utcnow
+from vrungpu_gateway.engine.users import User
 from vrungpu_gateway.store.kernels import KernelRecord, KernelRepo, KernelState
 
 log = logging.getLogger(__name__)
@@ -89,12 +90,17 @@ class KernelManager:
         kernelspecs.placement_of(name, gpu_count=self.gpu_count)
         return kernelspecs.spec_model(name, argv=self.launcher.argv())
 
-    def list(self, *, session: str | None = None) -> list[dict[str, Any]]:
-        kernels = self._kernels.values()
-        return [self._model(k) for k in kernels if session is None or k.record.session == session]
+    def list(self, *, session: str | None = None, user: User | None = None) -> list[dict[str, Any]]:
+        """The kernels (``user``'s own unless an admin; None: all), of ``session`` if given."""
+        return [
+            self._model(k)
+            for k in self._kernels.values()
+            if (session is None or k.record.session == session)
+            and (user is None or user.owns(k.record.owner))
+        ]
 
-    def get(self, kernel_id: str) -> dict[str, Any]:
-        return self._model(self._kernel(kernel_id))
+    def get(self, kernel_id: str, *, user: User | None = None) -> dict[str, Any]:
+        return self._model(self._kernel(kernel_id, user=user))
 
     def describe_holder(self, holder_id: str) -> dict[str, Any] | None:
         kernel = self._kernels.get(holder_id)
@@ -103,9 +109,10 @@ class KernelManager:
     def _model(self, kernel: Kernel) -> dict[str, Any]:
         return kernel.model(queue_position=self.scheduler.queue_position(kernel.id))
 
-    def _kernel(self, kernel_id: str, *phases: Phase) -> Kernel:
+    def _kernel(self, kernel_id: str, *phases: Phase, user: User | None = None) -> Kernel:
+        """The kernel; NotFound when there is none or ``user`` may not see it (one answer)."""
         kernel = self._kernels.get(kernel_id)
-        if kernel is None:
+        if kernel is None or (user is not None and not user.owns(kernel.record.owner)):
             raise NotFound(f"kernel {kernel_id} not found", code="kernel_not_found")
         if phases and kernel.phase not in phases:
             raise Conflict(f"kernel {kernel_id} is {kernel.phase.value}", code="kernel_busy")
@@ -119,11 +126,14 @@ class KernelManager:
         session: str | None = None,
         gpu_id: int | None = None,
         env: dict[str, str] | None = None,
+        user: User | None = None,
     ) -> tuple[dict[str, Any], bool]:
-        """Start a kernel (or, for a ``session`` that has one, return it): (model, created)."""
+        """Start a kernel owned by ``user`` (or, for a ``session`` of that user that has one,
+        return it): (model, created). Session names are per user."""
         placement = kernelspecs.placement_of(spec_name, gpu_count=self.gpu_count, gpu_id=gpu_id)
         user_env = validate_user_env(env or {})
-        found = self._by_session(session)
+        owner = user.name if user is not None else None
+        found = self._by_session(session, owner)
         if found is not None:
             await asyncio.shield(found.ready)
             return self._model(found), False
@@ -136,6 +146,7 @@ class KernelManager:
         spare = self.spares.take()
         kernel = spare or Kernel(self._new_record(new_id()))
         self._assign(kernel.record, spec_name, session, placement.device, user_env)
+        kernel.record.owner = owner
         kernel.phase = Phase.STARTING
         self._kernels[kernel.id] = kernel
         reusable = spare is not None  # a spare goes back to the pool until its claim begins
@@ -152,11 +163,16 @@ class KernelManager:
                  kernel.record.gpu_ids or "-")  # fmt: skip
         return self._model(kernel), True
 
-    def _by_session(self, session: str | None) -> Kernel | None:
+    def _by_session(self, session: str | None, owner: str | None) -> Kernel | None:
         if not session:
             return None
         for kernel in self._kernels.values():
-            if kernel.record.session == session and kernel.phase is not Phase.STOPPING:
+            record = kernel.record
+            if (
+                record.session == session
+                and record.owner == owner
+                and kernel.phase is not Phase.STOPPING
+            ):
                 return kernel
         return None
 
@@ -299,22 +315,24 @@ class KernelManager:
         await self._stop_and_end(kernel, reason="spare no longer needed")
 
     # -- control ---------------------------------------------------------------------------------
-    async def interrupt(self, *, kernel_id: str) -> None:
-        kernel = self._kernel(kernel_id, Phase.ALIVE)
+    async def interrupt(self, *, kernel_id: str, user: User | None = None) -> None:
+        kernel = self._kernel(kernel_id, Phase.ALIVE, user=user)
         if not await asyncio.to_thread(self.launcher.interrupt, kernel_id=kernel.id):
             raise Conflict(f"kernel {kernel_id} has no process to interrupt", code="kernel_gone")
         log.info("kernel %s: interrupted", kernel_id)
 
-    async def shutdown(self, *, kernel_id: str, reason: str = "shut down") -> None:
-        kernel = self._kernel(kernel_id, Phase.ALIVE)
+    async def shutdown(
+        self, *, kernel_id: str, reason: str = "shut down", user: User | None = None
+    ) -> None:
+        kernel = self._kernel(kernel_id, Phase.ALIVE, user=user)
         kernel.phase = Phase.STOPPING
         log.info("kernel %s (session %s): %s", kernel_id, kernel.record.session, reason)
         await self._stop_process(kernel)
         await self._end(kernel, reason=reason)
 
-    async def restart(self, *, kernel_id: str) -> dict[str, Any]:
+    async def restart(self, *, kernel_id: str, user: User | None = None) -> dict[str, Any]:
         """A new process behind the same id, channels, workspace and GPUs."""
-        kernel = self._kernel(kernel_id, Phase.ALIVE)
+        kernel = self._kernel(kernel_id, Phase.ALIVE, user=user)
         kernel.phase = Phase.RESTARTING
         try:
             await self._stop_process(kernel)
@@ -336,9 +354,11 @@ class KernelManager:
         log.info("kernel %s: restarted", kernel_id)
         return self._model(kernel)
 
-    def connect(self, *, kernel_id: str, send: Send, end: Any) -> ClientLink:
+    def connect(
+        self, *, kernel_id: str, send: Send, end: Any, user: User | None = None
+    ) -> ClientLink:
         """A WebSocket client's link to the kernel's channels."""
-        kernel = self._kernel(kernel_id, Phase.ALIVE, Phase.RESTARTING)
+        kernel = self._kernel(kernel_id, Phase.ALIVE, Phase.RESTARTING, user=user)
         assert kernel.wire is not None
         link = ClientLink(kernel_id=kernel.id, wire=kernel.wire, send=send, end=end)
         kernel.links.add(link)
@@ -350,8 +370,9 @@ class KernelManager:
             kernel.links.discard(link)
         await link.close()
 
-    def exists(self, kernel_id: str) -> bool:
-        return kernel_id in self._kernels
+    def exists(self, kernel_id: str, *, user: User | None = None) -> bool:
+        kernel = self._kernels.get(kernel_id)
+        return kernel is not None and (user is None or user.owns(kernel.record.owner))
 
     # -- ends ------------------------------------------------------------------------------------
     async def _stop_process(self, kernel: Kernel) -> None:
