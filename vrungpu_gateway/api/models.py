@@ -14,8 +14,13 @@ from vrungpu_gateway.api.base import BaseHandler
 from vrungpu_gateway.api.bodylimit import body_too_large, declared_length, refuse
 from vrungpu_gateway.api.jsonin import loads_strict
 from vrungpu_gateway.api.schemas import parse_task_spec
-from vrungpu_gateway.api.uploads import MultipartSink, UploadedFile
-from vrungpu_gateway.engine.errors import InvalidRequest, TooLarge
+from vrungpu_gateway.api.uploads import (
+    MultipartSink,
+    UploadedFile,
+    feed_or_refuse,
+    start_upload,
+)
+from vrungpu_gateway.engine.errors import InvalidRequest
 from vrungpu_gateway.engine.model_record import ModelRecord, ModelStatus
 from vrungpu_gateway.engine.registry import ModelMeta
 
@@ -133,28 +138,23 @@ class ModelRegisterHandler(BaseHandler):
     def prepare(self) -> None:
         super().prepare()
         ctype = self.request.headers.get("Content-Type", "")
-        declared, config = declared_length(self.request.headers), self.gateway.config
+        config = self.gateway.config
         if ctype.lower().startswith("multipart/"):
-            limit = config.max_upload_mb * 2**20
-            if declared > limit + 2**20:
-                refuse(self, TooLarge(f"upload larger than {config.max_upload_mb} MB"))
-                return
-            self.request.connection.set_max_body_size(limit + 2**20)  # type: ignore[union-attr]
-            self.sink = MultipartSink(ctype, self.gateway.layout.uploads, max_file_bytes=limit)
-        else:
-            self.max_json = int(config.max_body_mb * 2**20)
-            if declared > self.max_json:
-                refuse(self, body_too_large(self.max_json))
-                return
-            self.buffer = bytearray()
+            self.sink = start_upload(
+                self,
+                max_file_bytes=config.max_upload_mb * 2**20,
+                upload_dir=self.gateway.layout.uploads,
+            )
+            return
+        self.max_json = int(config.max_body_mb * 2**20)
+        if declared_length(self.request.headers) > self.max_json:
+            refuse(self, body_too_large(self.max_json))
+            return
+        self.buffer = bytearray()
 
     def data_received(self, chunk: bytes) -> None:
         if self.sink is not None:
-            try:
-                self.sink.feed(chunk)
-            except (InvalidRequest, TooLarge) as exc:
-                self.sink.discard()
-                refuse(self, exc)  # now: the rest of the body is never read
+            feed_or_refuse(self, self.sink, chunk)
         elif self.buffer is not None:
             if len(self.buffer) + len(chunk) > self.max_json:
                 self.buffer = None

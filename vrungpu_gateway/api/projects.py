@@ -8,44 +8,36 @@ from pathlib import Path
 import tornado.web
 
 from vrungpu_gateway.api.base import BaseHandler
-from vrungpu_gateway.api.bodylimit import declared_length, refuse
 from vrungpu_gateway.api.schemas import parse_task_spec
-from vrungpu_gateway.api.uploads import MultipartSink, UploadedFile, remove_quietly
+from vrungpu_gateway.api.uploads import (
+    MultipartSink,
+    UploadedFile,
+    feed_or_refuse,
+    remove_quietly,
+    start_upload,
+)
 from vrungpu_gateway.engine.archive import ZipLimits
-from vrungpu_gateway.engine.errors import InvalidRequest, TooLarge
+from vrungpu_gateway.engine.errors import InvalidRequest
 from vrungpu_gateway.engine.workspace import extract_project, place_script
 
 UPLOAD_FIELDS = ("file", "model_file")
-FORM_OVERHEAD = 2**20  # room for the other form fields around the file
 
 
 @tornado.web.stream_request_body
 class RunProjectHandler(BaseHandler):
     sink: MultipartSink | None = None
-    failure: Exception | None = None
 
     def prepare(self) -> None:
         super().prepare()
-        limit = self.gateway.config.max_upload_mb * 2**20
-        if declared_length(self.request.headers) > limit + FORM_OVERHEAD:
-            refuse(self, TooLarge(f"upload larger than {self.gateway.config.max_upload_mb} MB"))
-            return
-        self.request.connection.set_max_body_size(limit + FORM_OVERHEAD)  # type: ignore[union-attr]
-        self.sink = MultipartSink(
-            self.request.headers.get("Content-Type", ""),
-            self.gateway.layout.uploads,
-            max_file_bytes=limit,
+        self.sink = start_upload(
+            self,
+            max_file_bytes=self.gateway.config.max_upload_mb * 2**20,
+            upload_dir=self.gateway.layout.uploads,
         )
 
     def data_received(self, chunk: bytes) -> None:
-        if self.failure is not None or self.sink is None:
-            return
-        try:
-            self.sink.feed(chunk)
-        except (InvalidRequest, TooLarge) as exc:
-            self.failure = exc
-            self.sink.discard()
-            refuse(self, exc)  # now: the rest of the body is never read into a file
+        if self.sink is not None:
+            feed_or_refuse(self, self.sink, chunk)
 
     def on_connection_close(self) -> None:
         if self.sink is not None:
@@ -54,8 +46,6 @@ class RunProjectHandler(BaseHandler):
     async def post(self) -> None:
         assert self.sink is not None
         sink = self.sink
-        if self.failure is not None:
-            raise self.failure
         try:
             sink.finish()
             upload = _the_file(sink.files)

@@ -1,7 +1,9 @@
 """Streaming multipart/form-data: file parts go straight to disk, never held in memory.
 
-Used by ``@stream_request_body`` handlers: feed ``data_received`` chunks to
-``MultipartSink.feed`` and read ``fields`` and ``files`` once the body is complete.
+Used by ``@stream_request_body`` handlers: ``start_upload`` in ``prepare`` (the connection's
+body limit raised to the upload cap), ``feed_or_refuse`` in ``data_received``, then read
+``fields`` and ``files`` once the body is complete. An upload over the cap, declared or
+chunked, answers 413 at once: the rest of the body is never read.
 """
 
 from __future__ import annotations
@@ -11,11 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+import tornado.web
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from vrungpu_gateway.api.bodylimit import declared_length, refuse
 from vrungpu_gateway.engine.errors import InvalidRequest, TooLarge
 
 MAX_FIELD_BYTES = 64 * 1024
+FORM_OVERHEAD = 2**20  # room for the other form fields around the file
 
 
 @dataclass
@@ -134,6 +139,37 @@ class MultipartSink:
             if "\x00" in text:  # names, paths, env and args cannot hold one
                 raise InvalidRequest(f"form field {part.name[:100]!r} holds a NUL character")
             self.fields[part.name] = text
+
+
+def start_upload(
+    handler: tornado.web.RequestHandler, *, max_file_bytes: int, upload_dir: Path
+) -> MultipartSink | None:
+    """The sink of a streamed multipart upload, the connection's body limit raised to take
+    it; None when the request is refused already (not multipart, or declared over the cap)."""
+    try:
+        sink = MultipartSink(
+            handler.request.headers.get("Content-Type", ""),
+            upload_dir,
+            max_file_bytes=max_file_bytes,
+        )
+    except InvalidRequest as exc:
+        refuse(handler, exc)
+        return None
+    limit = max_file_bytes + FORM_OVERHEAD
+    if declared_length(handler.request.headers) > limit:
+        refuse(handler, TooLarge(f"upload larger than {max_file_bytes // 2**20} MB"))
+        return None
+    handler.request.connection.set_max_body_size(limit)  # type: ignore[union-attr]
+    return sink
+
+
+def feed_or_refuse(handler: tornado.web.RequestHandler, sink: MultipartSink, chunk: bytes) -> None:
+    """Feed one chunk; a bad or oversized body removes what was written and is answered now."""
+    try:
+        sink.feed(chunk)
+    except (InvalidRequest, TooLarge) as exc:
+        sink.discard()
+        refuse(handler, exc)
 
 
 def remove_quietly(path: Path) -> None:
