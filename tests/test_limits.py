@@ -225,6 +225,9 @@ def test_code_env_and_args_over_their_limits(small: GatewayProcess) -> None:
     res = upload(api, make_zip({"main.py": "print(1)"}), env=json.dumps({"A": "x" * 2000}))
     refused(res, "env_too_large")
     assert api.get("/tasks").json() == tasks and left_in(small, "workspaces") == workspaces
+    res = api.post("/api/kernels", json={"env": {"A": "1", "B": "2", "C": "3"}})
+    assert "--max-env-vars" in refused(res, "env_too_large")
+    assert api.get("/api/kernels").json() == []
     ok = {"code": "#" * 1000, "env": {"A": "1", "B": "2"}, "args": ["1", "2"]}
     task_id = api.submit(**ok)
     api.wait_status(task_id, "completed")

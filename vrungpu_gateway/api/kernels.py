@@ -67,6 +67,7 @@ class KernelsHandler(BaseHandler):
     async def post(self) -> None:
         body = self.json_body() if self.request.body else {}
         args = parse_start(body)
+        self.gateway.tasks.limits.check_env(args["env"])  # as for a run request
         args["spec_name"] = args["spec_name"] or self.gateway.kernels.specs()["default"]
         model, created = await self.gateway.kernels.start(**args, user=self.user)
         self.set_header("Location", f"/api/kernels/{model['id']}")
