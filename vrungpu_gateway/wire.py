@@ -204,6 +204,63 @@ FIELD_DOCS: dict[str, dict[str, str]] = {
     "WhoAmI": {"admin": "sees and acts on every user's tasks, models and kernels"},
 }
 
+# What the gateway accepts beyond the types (JSON Schema keywords, OpenAPI 3.1), by shape and
+# field; the generated document carries them so that a schema-valid request is one the gateway
+# takes. The bounds are the gateway's (api/schemas.py, engine/environment.py, engine/pyenvs.py).
+ENV_NAME = (  # a shell name that the gateway does not set itself
+    r"^(?!VRUNGPU_|(?:CUDA_VISIBLE_DEVICES|CUDA_DEVICE_ORDER|PYTHONUNBUFFERED)$)"
+    r"[A-Za-z_][A-Za-z0-9_]*$"
+)
+NO_NUL = r"^[^\x00]*$"  # a JSON body holds no NUL character (but in opaque data)
+NOT_BLANK = r"^[^\x00]*[^\s\x00][^\x00]*$"
+REQUIREMENT = r"^(?![\s\S]*[\x00\r\n$])\s*[^\s\-][\s\S]*$"  # one line, no $, not an option
+FIELD_RULES: dict[str, dict[str, dict[str, Any]]] = {
+    "RunRequest": {
+        "code": {"pattern": NOT_BLANK},
+        "name": {"maxLength": 200, "pattern": NO_NUL},
+        "timeout": {"exclusiveMinimum": 0, "maximum": 7 * 24 * 3600},
+        "gpu_id": {"minimum": 0},
+        "gpus": {"minimum": 1},
+        "priority": {"minimum": -(2**63 - 1), "maximum": 2**63 - 1},
+        "env": {
+            "propertyNames": {"pattern": ENV_NAME},
+            "additionalProperties": {"type": "string", "pattern": NO_NUL},
+        },
+        "model_name": {"minLength": 1, "maxLength": 200, "pattern": NO_NUL},
+        "args": {"items": {"type": "string", "pattern": NO_NUL}},
+        "requirements": {
+            "maxItems": 200,
+            "items": {"type": "string", "maxLength": 500, "pattern": REQUIREMENT},
+        },
+    },
+    "Task": {"progress": {"minimum": 0, "maximum": 100}},
+}
+# Rules across fields, by shape (`not` and `anyOf` say them).
+SHAPE_RULES: dict[str, dict[str, Any]] = {
+    "RunRequest": {
+        "allOf": [
+            {  # gpu_id picks a GPU: not with device "cpu", not with more than one GPU
+                "not": {
+                    "required": ["gpu_id", "device"],
+                    "properties": {"device": {"enum": ["cpu"]}},
+                }
+            },
+            {"not": {"required": ["gpu_id", "gpus"], "properties": {"gpus": {"minimum": 2}}}},
+            {  # save_model needs a model_name
+                "anyOf": [
+                    {
+                        "not": {
+                            "required": ["save_model"],
+                            "properties": {"save_model": {"enum": [True]}},
+                        }
+                    },
+                    {"required": ["model_name"]},
+                ]
+            },
+        ]
+    }
+}
+
 WIRE_SHAPES: tuple[type, ...] = (
     Task,
     TaskDetail,

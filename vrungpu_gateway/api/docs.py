@@ -12,7 +12,8 @@ STATIC = Path(__file__).resolve().parent.parent / "static"
 
 class OpenApiHandler(BaseHandler):
     def get(self) -> None:
-        self.write_json(build_spec(self.settings.get("openapi_extra")))
+        gpu_count = len(self.gateway.scheduler.gpu_indices)
+        self.write_json(build_spec(self.settings.get("openapi_extra"), gpu_count=gpu_count))
 
 
 class DocsHandler(BaseHandler):

@@ -44,6 +44,8 @@ def parse_start(body: dict[str, Any]) -> dict[str, Any]:
     ):
         raise InvalidRequest(f"session must be a non-empty name of at most {SESSION_MAX} chars")
     gpu_id = body.get("gpu_id")
+    if isinstance(gpu_id, float) and gpu_id.is_integer():
+        gpu_id = int(gpu_id)  # 1.0 is an integer to JSON Schema
     if gpu_id is not None and (isinstance(gpu_id, bool) or not isinstance(gpu_id, int)):
         raise InvalidRequest("gpu_id must be an integer")
     return {"spec_name": name, "session": session, "gpu_id": gpu_id, "env": env}

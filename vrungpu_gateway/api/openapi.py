@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+import copy
+from typing import Any, get_args
 
-from vrungpu_gateway import __version__
+from vrungpu_gateway import __version__, wire
 from vrungpu_gateway.api import schema
+from vrungpu_gateway.engine.kernels import specs as kernelspecs
 
 TASK_ID = {"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}
+QUERY_INT_MAX = 2**31 - 1  # BaseHandler.int_argument
 MODEL_ID = {"name": "model_id", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
@@ -62,7 +65,10 @@ def _op(
         op["requestBody"] = {
             "required": True,
             "content": {
-                "multipart/form-data": {"schema": {"$ref": "#/components/schemas/ProjectUpload"}}
+                "multipart/form-data": {
+                    "schema": {"$ref": "#/components/schemas/ProjectUpload"},
+                    "encoding": PROJECT_ENCODING,
+                }
             },
         }
     elif body:
@@ -73,37 +79,107 @@ def _op(
     return op
 
 
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _with_body(op: dict[str, Any], content: dict[str, Any]) -> dict[str, Any]:
+    return {**op, "requestBody": {"required": True, "content": content}}
+
+
+# The form's fields are text, read as the JSON fields of RunRequest (numbers, true/false, env
+# as a JSON object); args and requirements are plain text there.
+RUN_FIELDS = schema.object_schema(wire.RunRequest)["properties"]
+FORM_TEXT = {"type": "string", "pattern": wire.NO_NUL}  # other fields: ignored, but no NUL
 PROJECT_UPLOAD = {
     "type": "object",
     "required": ["file"],
     "properties": {
-        "file": {"type": "string", "format": "binary", "description": ".zip or .py"},
-        "entry_point": {"type": "string", "default": "main.py"},
+        "file": {
+            "type": "string",
+            "format": "binary",
+            "description": "a .zip project or a .py file, told apart by the file name",
+        },
+        "entry_point": {
+            "type": "string",
+            "default": "main.py",
+            "pattern": wire.NO_NUL,
+            "description": "in a .zip",
+        },
         **{
-            k: {"type": "string"}
+            k: RUN_FIELDS[k]
             for k in (
                 "timeout",
                 "gpu_id",
                 "gpus",
                 "device",
                 "name",
-                "args",
                 "priority",
                 "env",
                 "save_model",
                 "model_name",
             )
         },
+        "args": {
+            "type": "string",
+            "pattern": r"^\s*(?:[^\s\[\x00][^\x00]*)?$",
+            "description": "arguments separated by spaces (or a JSON list of strings)",
+        },
+        "requirements": {
+            "type": "string",
+            "maxLength": 400,
+            "pattern": r"^(?![\s\S]*[\x00$])(?!\s*-)(?![\s\S]*\s-)[\s\S]*$",
+            "description": "requirements.txt text (one requirement a line; no options, no $)",
+        },
     },
+    "additionalProperties": FORM_TEXT,
+    **wire.SHAPE_RULES["RunRequest"],
+}
+# The file part's name says what it is (.zip or .py); a generated one is named main.py.
+PROJECT_ENCODING = {
+    "file": {
+        "headers": {
+            "Content-Disposition": {
+                "schema": {"type": "string"},
+                "example": 'form-data; name="file"; filename="main.py"',
+            }
+        }
+    }
 }
 
 PATH = {"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}
+PROGRESS_UPDATE = {
+    "type": "object",
+    "required": ["progress"],
+    "properties": {
+        "progress": {
+            "type": "number",
+            "minimum": 0,
+            "maximum": 100,
+            "description": "percent (a value outside 0-100 is clamped)",
+        },
+        "message": {"type": "string", "pattern": wire.NO_NUL},
+    },
+}
 
 
 def _public(summary: str, *, ok: int = 200, **kwargs: Any) -> dict[str, Any]:
     """An operation that needs no token (the dashboard's files and its login probe)."""
     return {**_op(summary, ok=ok, errors=kwargs.pop("errors", ()), **kwargs), "security": []}
 
+
+REDIRECT = {
+    "summary": "Redirects to /dashboard/, keeping the query",
+    "security": [],
+    "responses": {
+        "302": {
+            "description": "to /dashboard/ (no body)",
+            "headers": {"Location": {"schema": {"type": "string"}}},
+        }
+    },
+}
+# A plain HTTP GET of a WebSocket route (no upgrade) is refused by tornado with a short text.
+NOT_AN_UPGRADE = {"description": "Not a WebSocket upgrade request", "content": {"text/html": {}}}
 
 WS_PROTOCOL = """\
 Upgrade to a WebSocket (token as `?token=` or an `Authorization` header; a browser page
@@ -153,11 +229,11 @@ PATHS: dict[str, dict[str, Any]] = {
             "List tasks, newest first: a bare JSON array (as the seed server); the total in "
             "X-Total-Count, the other pages in Link (rel next/prev/first/last)",
             params=[
-                _q("status"),
-                _q("task_type"),
-                _q("device"),
-                _q("limit", "integer", default=50),
-                _q("offset", "integer", default=0),
+                _q("status", enum=list(get_args(wire.Status))),
+                _q("task_type", enum=["training", "inference"]),
+                _q("device", enum=["gpu", "cpu"]),
+                _q("limit", "integer", default=50, minimum=1, maximum=1000),
+                _q("offset", "integer", default=0, minimum=0, maximum=QUERY_INT_MAX),
             ],
             errors=(400, 401),
             returns="[Task]",
@@ -171,8 +247,9 @@ PATHS: dict[str, dict[str, Any]] = {
         "post": _op("Cancel a queued or running task", params=[TASK_ID], errors=(401, 404, 409))
     },
     "/task/{task_id}/progress": {
-        "put": _op(
-            "Set progress by hand", params=[TASK_ID], body="object", errors=(400, 401, 404, 409)
+        "put": _with_body(
+            _op("Set progress by hand", params=[TASK_ID], errors=(400, 401, 404, 409)),
+            {"application/json": {"schema": _ref("ProgressUpdate")}},
         )
     },
     "/task/{task_id}/logs": {
@@ -181,8 +258,14 @@ PATHS: dict[str, dict[str, Any]] = {
             params=[
                 TASK_ID,
                 _q("stream", enum=["stdout", "stderr", "all"]),
-                _q("offset", "integer"),
-                _q("tail", "integer"),
+                _q(
+                    "offset",
+                    "integer",
+                    "byte offset (stream stdout or stderr; not with tail)",
+                    minimum=0,
+                    maximum=QUERY_INT_MAX,
+                ),
+                _q("tail", "integer", "the last N lines", minimum=0, maximum=QUERY_INT_MAX),
             ],
         )
     },
@@ -209,7 +292,15 @@ PATHS: dict[str, dict[str, Any]] = {
         }
     },
     "/openapi.json": {"get": _op("This document", errors=(401,))},
-    "/docs": {"get": _op("A page that renders this document", errors=(401,))},
+    "/docs": {
+        "get": {
+            **_op("A page that renders this document"),
+            "responses": {
+                "200": {"description": "the page", "content": {"text/html": {}}},
+                "401": {"$ref": "#/components/responses/Error"},
+            },
+        }
+    },
     "/ws": {
         "get": {
             "summary": "WebSocket: live GPU state, task updates and task output",
@@ -217,16 +308,14 @@ PATHS: dict[str, dict[str, Any]] = {
             "parameters": [_q("token", desc="the API token (or an Authorization header)")],
             "responses": {
                 "101": {"description": "Switching Protocols: the WebSocket is open"},
+                "400": NOT_AN_UPGRADE,
                 "401": {"$ref": "#/components/responses/Error"},
                 "403": {"description": "A browser Origin that is not allowed"},
             },
         }
     },
     # The dashboard's files hold no data: served without a token (the page sends it itself).
-    "/dashboard": {
-        "get": _public("Redirects to /dashboard/, keeping the query", ok=302),
-        "head": _public("Redirects to /dashboard/, keeping the query", ok=302),
-    },
+    "/dashboard": {"get": REDIRECT, "head": REDIRECT},
     "/dashboard/session": {
         "get": _public("Whether the request's token is accepted: {auth_required, authenticated}")
     },
@@ -240,15 +329,85 @@ PATHS: dict[str, dict[str, Any]] = {
 
 
 # -- model registry, inference and warm workers ---------------------------------------------------
-def _ref(name: str) -> dict[str, Any]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
+# api/models.py's text fields: stripped, bounded, no control characters (but description).
+ONE_LINE = r"^[^\x00-\x1f\x7f]*$"
+NAME = r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$"  # and not blank
 MODEL_META = {
-    "name": {"type": "string", "description": "versions count up per name"},
-    "model_type": {"type": "string", "description": "e.g. classifier"},
-    "framework": {"type": "string", "description": "guessed from the file suffix if absent"},
-    "description": {"type": "string"},
+    "name": {
+        "type": "string",
+        "maxLength": 200,
+        "pattern": NAME,
+        "description": "versions count up per name",
+    },
+    "model_type": {
+        "type": "string",
+        "maxLength": 100,
+        "pattern": ONE_LINE,
+        "description": "e.g. classifier",
+    },
+    "framework": {
+        "type": "string",
+        "maxLength": 100,
+        "pattern": ONE_LINE,
+        "description": "guessed from the file suffix if absent",
+    },
+    "description": {"type": "string", "maxLength": 10_000, "pattern": wire.NO_NUL},
+}
+METRICS = {
+    "type": "object",
+    "propertyNames": {"pattern": wire.NO_NUL},
+    "additionalProperties": _ref("JsonValue"),
+    "maxProperties": 100,
+    "description": "at most 64 KB of JSON",
+}
+TASK_REF = {"type": "string", "maxLength": 64, "pattern": ONE_LINE}
+# What api/jsonin.py lets into any JSON body: keys without NUL, numbers that a 64-bit integer or
+# a double holds, strings without NUL (OpaqueJson: NUL allowed, data for user code only).
+INT64 = {"minimum": -(2**63), "maximum": 2**63 - 1}
+
+
+def _json_value(name: str, string: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "anyOf": [
+            {
+                "type": "object",
+                "propertyNames": {"pattern": wire.NO_NUL},
+                "additionalProperties": _ref(name),
+            },
+            {"type": "array", "items": _ref(name)},
+            {"type": "string", **string},
+            {"type": "number", **INT64},
+            {"type": "boolean"},
+            {"type": "null"},
+        ],
+        "description": "any JSON, nested at most 64 deep",
+    }
+
+
+JSON_VALUES = {
+    "JsonValue": _json_value("JsonValue", {"pattern": wire.NO_NUL}),
+    "OpaqueJson": _json_value("OpaqueJson", {}),
+}
+# Every JSON request body: known fields as described, others ignored (but still JSON as above).
+JSON_BODIES = (
+    "RunRequest",
+    "ProgressUpdate",
+    "ModelFromTask",
+    "ModelUpdate",
+    "InferenceRequest",
+    "KernelStart",
+)
+OTHER_FIELDS = {
+    "propertyNames": {"pattern": wire.NO_NUL},
+    "additionalProperties": _ref("JsonValue"),
+}
+RUN_RULES = wire.FIELD_RULES["RunRequest"]
+INFERENCE_OPTIONS: dict[str, Any] = {
+    "timeout": {"type": "number", **RUN_RULES["timeout"], "description": "seconds; default 300"},
+    "gpu_id": {"type": "integer", **RUN_RULES["gpu_id"]},
+    "device": {"type": "string", "enum": ["auto", "gpu", "cpu"]},
+    "priority": {"type": "integer", **RUN_RULES["priority"]},
+    "name": {"type": "string", **RUN_RULES["name"]},
 }
 MODEL_SCHEMAS: dict[str, Any] = {
     "ModelUpload": {
@@ -264,54 +423,58 @@ MODEL_SCHEMAS: dict[str, Any] = {
             "files": {
                 "type": "array",
                 "items": {"type": "string", "format": "binary"},
-                "description": "companion files (handler.py, model.py, ...), any field name",
+                "maxItems": 1,
+                "description": "companion files (handler.py, model.py, ...), any field name; "
+                "several under distinct file names",
             },
-            "metrics": {"type": "string", "description": "a JSON object"},
-            "task_id": {"type": "string", "description": "lineage: the task that produced it"},
+            "metrics": {**METRICS, "description": "a JSON object (as the part's text)"},
+            "task_id": {**TASK_REF, "description": "lineage: the task that produced it"},
             "unpack": {"type": "boolean", "description": "model_file is a .zip of a folder"},
         },
+        "additionalProperties": FORM_TEXT,
     },
     "ModelFromTask": {
         "type": "object",
         "required": ["name", "task_id"],
         "properties": {
             **MODEL_META,
-            "task_id": {"type": "string", "description": "a finished task"},
+            "task_id": {**TASK_REF, "pattern": NAME, "description": "a finished task"},
             "path": {
                 "type": "string",
+                "maxLength": 1000,
+                "pattern": ONE_LINE,
                 "description": "file or folder in its workspace "
                 "(default: its newest model file); handler.py and *.py/*.json beside a file "
                 "are copied too",
             },
-            "metrics": {"type": "object"},
+            "metrics": METRICS,
         },
     },
     "ModelUpdate": {
         "type": "object",
         "properties": {
             "status": {"type": "string", "enum": ["ready", "archived"]},
-            "description": {"type": "string"},
-            "metrics": {"type": "object"},
+            "description": MODEL_META["description"],
+            "metrics": METRICS,
         },
+        "anyOf": [{"required": [name]} for name in ("status", "description", "metrics")],
+        "description": "at least one of status, description, metrics",
     },
     "InferenceRequest": {
         "type": "object",
         "required": ["input_data"],
         "properties": {
-            "input_data": {"description": "any JSON: what the model's predict() receives"},
+            "input_data": {
+                **_ref("OpaqueJson"),
+                "not": {"type": "null"},
+                "description": "any JSON but null: what the model's predict() receives",
+            },
             "sync": {"type": "boolean", "description": "wait and return the task with result"},
-            "timeout": {"type": "number", "description": "seconds; default 300"},
-            "gpu_id": {"type": "integer"},
-            "device": {"type": "string", "enum": ["auto", "gpu", "cpu"]},
-            "priority": {"type": "integer"},
-            "name": {"type": "string"},
+            **INFERENCE_OPTIONS,
         },
+        "allOf": wire.SHAPE_RULES["RunRequest"]["allOf"][:1],  # gpu_id not with device cpu
     },
 }
-
-
-def _with_body(op: dict[str, Any], content: dict[str, Any]) -> dict[str, Any]:
-    return {**op, "requestBody": {"required": True, "content": content}}
 
 
 PATHS.update(
@@ -322,8 +485,8 @@ PATHS.update(
                 params=[
                     _q("name"),
                     _q("status", enum=["ready", "archived"]),
-                    _q("limit", "integer", default=100),
-                    _q("offset", "integer", default=0),
+                    _q("limit", "integer", default=100, minimum=1, maximum=1000),
+                    _q("offset", "integer", default=0, minimum=0, maximum=QUERY_INT_MAX),
                 ],
                 errors=(400, 401),
                 returns="ModelList",
@@ -398,13 +561,23 @@ KERNEL_SCHEMAS: dict[str, Any] = {
         "type": "object",
         "properties": {
             "name": {"type": "string", "description": "kernelspec (default: the default one)"},
-            "env": {"type": "object", "additionalProperties": {"type": "string"}},
+            "env": {"type": "object", **wire.FIELD_RULES["RunRequest"]["env"]},
             "session": {
                 "type": "string",
+                "maxLength": 200,
+                "pattern": wire.NOT_BLANK,
                 "description": "ours: get-or-create; a live kernel of this session is returned "
                 "(200) instead of a new one (201)",
             },
-            "gpu_id": {"type": "integer", "description": "ours: this GPU (one-GPU specs)"},
+            "gpu_id": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "ours: this GPU (one-GPU specs)",
+            },
+        },
+        "not": {  # gpu_id picks the GPU of a one-GPU kernelspec only
+            "required": ["gpu_id", "name"],
+            "properties": {"name": {"not": {"enum": ["vrungpu-1gpu"]}}},
         },
     },
 }
@@ -478,6 +651,7 @@ PATHS.update(
                 "parameters": [KERNEL_ID, _q("token", desc="the API token")],
                 "responses": {
                     "101": {"description": "Switching Protocols: the WebSocket is open"},
+                    "400": NOT_AN_UPGRADE,
                     "401": {"$ref": "#/components/responses/Error"},
                     "404": {"$ref": "#/components/responses/Error"},
                 },
@@ -487,11 +661,40 @@ PATHS.update(
 )
 
 
-def build_spec(extra_paths: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+def _host_limits(schemas: dict[str, Any], gpu_count: int) -> dict[str, Any]:
+    """This host's GPUs bound gpu_id and gpus; kernelspecs are named after them."""
+    schemas = copy.deepcopy(schemas)
+    for name in ("RunRequest", "ProjectUpload", "InferenceRequest", "KernelStart"):
+        props = schemas[name]["properties"]
+        props["gpu_id"]["maximum"] = gpu_count - 1  # none fits on a host without GPUs
+        if "gpus" in props:
+            props["gpus"]["maximum"] = max(gpu_count, 1)
+        if gpu_count == 0 and "device" in props:
+            props["device"]["enum"] = ["auto", "cpu"]
+    schemas["KernelStart"]["properties"]["name"]["enum"] = kernelspecs.spec_names(gpu_count)
+    return schemas
+
+
+def build_spec(
+    extra_paths: dict[str, dict[str, Any]] | None = None, *, gpu_count: int | None = None
+) -> dict[str, Any]:
+    """The document; with ``gpu_count``, the GPU fields are bounded by this host's GPUs."""
     paths = dict(PATHS)
     paths.update(extra_paths or {})
+    schemas = {
+        **schema.components(),  # the wire shapes, generated from vrungpu_gateway/wire.py
+        "ProjectUpload": PROJECT_UPLOAD,
+        "ProgressUpdate": PROGRESS_UPDATE,
+        **MODEL_SCHEMAS,
+        **KERNEL_SCHEMAS,
+        **JSON_VALUES,
+    }
+    for name in JSON_BODIES:
+        schemas[name] = {**schemas[name], **OTHER_FIELDS}
+    if gpu_count is not None:
+        schemas = _host_limits(schemas, gpu_count)
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {
             "title": "VrunGPU gateway",
             "version": __version__,
@@ -503,12 +706,7 @@ def build_spec(extra_paths: dict[str, dict[str, Any]] | None = None) -> dict[str
             "securitySchemes": {
                 "token": {"type": "apiKey", "in": "header", "name": "Authorization"}
             },
-            "schemas": {
-                **schema.components(),  # the wire shapes, generated from vrungpu_gateway/wire.py
-                "ProjectUpload": PROJECT_UPLOAD,
-                **MODEL_SCHEMAS,
-                **KERNEL_SCHEMAS,
-            },
+            "schemas": schemas,
             "responses": {
                 "Error": {
                     "description": "Error",

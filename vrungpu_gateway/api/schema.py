@@ -1,4 +1,4 @@
-"""JSON Schemas (OpenAPI 3.0) generated from the wire shapes in ``vrungpu_gateway/wire.py``."""
+"""JSON Schemas (OpenAPI 3.1) generated from the wire shapes in ``vrungpu_gateway/wire.py``."""
 
 from __future__ import annotations
 
@@ -37,9 +37,9 @@ def schema_for(tp: Any) -> dict[str, Any]:
         )
         if len(rest) == len(args):
             return inner
-        if "$ref" in inner:  # 3.0: a reference takes no siblings
-            return {"allOf": [inner], "nullable": True}
-        return {**inner, "nullable": True}
+        if isinstance(inner.get("type"), str) and "enum" not in inner:
+            return {**inner, "type": [inner["type"], "null"]}
+        return {"anyOf": [inner, {"type": "null"}]}  # a reference, an enum, a union
     if origin is list:
         return {"type": "array", "items": schema_for(args[0]) if args else {}}
     if origin is dict:
@@ -48,16 +48,22 @@ def schema_for(tp: Any) -> dict[str, Any]:
 
 
 def object_schema(cls: type) -> dict[str, Any]:
-    """A typed dict as an object schema: its fields, which are required, their docs."""
+    """A typed dict as an object schema: its fields, which are required, their docs and the
+    rules the gateway holds them to (``wire.FIELD_RULES``, ``wire.SHAPE_RULES``)."""
     hints = get_type_hints(cls)
     docs = wire.FIELD_DOCS.get(cls.__name__, {})
+    rules = wire.FIELD_RULES.get(cls.__name__, {})
     properties = {}
     for name, tp in hints.items():
         prop = schema_for(tp)
         if name in docs:
             prop = {**prop, "description": docs[name]}
-        properties[name] = prop
-    schema: dict[str, Any] = {"type": "object", "properties": properties}
+        properties[name] = {**prop, **rules.get(name, {})}
+    schema: dict[str, Any] = {
+        "type": "object",
+        "properties": properties,
+        **wire.SHAPE_RULES.get(cls.__name__, {}),
+    }
     required = [name for name in hints if name in cls.__required_keys__]  # type: ignore[attr-defined]
     if required:
         schema["required"] = required

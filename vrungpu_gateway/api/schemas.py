@@ -16,6 +16,7 @@ from vrungpu_gateway.engine.pyenvs import parse_requirements_text, validate_requ
 from vrungpu_gateway.protocol import Device
 
 MAX_TIMEOUT_S = 7 * 24 * 3600
+MAX_INT = 2**63 - 1  # what the store can hold
 
 
 def _int(value: Any, name: str, *, minimum: int | None = None, coerce: bool = False) -> int:
@@ -24,10 +25,14 @@ def _int(value: Any, name: str, *, minimum: int | None = None, coerce: bool = Fa
             value = int(value.strip())
         except ValueError:
             raise InvalidRequest(f"{name} must be an integer, got {value!r}") from None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # 2.0 is an integer to JSON Schema
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidRequest(f"{name} must be an integer, got {type(value).__name__}")
     if minimum is not None and value < minimum:
         raise InvalidRequest(f"{name} must be >= {minimum}, got {value}")
+    if abs(value) > MAX_INT:
+        raise InvalidRequest(f"{name} is out of range (a 64-bit integer)")
     return value
 
 
