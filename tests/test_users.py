@@ -232,6 +232,29 @@ def test_sighup_rereads_the_users_file(gw: GatewayProcess, users_file: Path) -> 
     assert as_user(gw, ALICE).get("/whoami").status_code == 200
 
 
+def test_a_removed_user_is_let_go(gw: GatewayProcess, users_file: Path) -> None:
+    """After a reload without alice, her token is refused and her open WebSockets end;
+    bob's stays open."""
+    alice_ws, bob_ws = Ws(gw, ALICE), Ws(gw, BOB)
+    try:
+        alice_ws.until(lambda m: m["type"] == "init")
+        bob_ws.until(lambda m: m["type"] == "init")
+        write_users(users_file, [{"name": "bob", "token": BOB}])
+        assert gw.proc is not None
+        os.kill(gw.proc.pid, signal.SIGHUP)
+        wait_for(lambda: as_user(gw, ALICE).get("/whoami").status_code == 401, what="alice out")
+        alice_ws.conn.settimeout(30)
+        with pytest.raises(websocket.WebSocketConnectionClosedException):
+            while True:
+                alice_ws.conn.recv()
+        assert alice_ws.conn.status == 1008 or not alice_ws.conn.connected
+        bob_ws.send(type="subscribe", task_id="nope")
+        assert bob_ws.until(lambda m: m["type"] == "error")[-1]["code"] == "task_not_found"
+    finally:
+        alice_ws.conn.close()
+        bob_ws.conn.close()
+
+
 # -- models -------------------------------------------------------------------------------------
 def test_models_are_their_owners_own(gw: GatewayProcess) -> None:
     alice, bob, admin = as_user(gw, ALICE), as_user(gw, BOB), gw.api

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 MAX_CLIENT_MESSAGE = 64 * 1024  # subscribe/unsubscribe are tiny
 OVERRUN_CLOSE = 1008  # policy violation: the client stopped reading
+REVOKED_CLOSE = 1008  # policy violation: the token no longer names the user
 SEND_BUFFER_BYTES = 64 * 1024  # the kernel's share of a client that stops reading
 
 
@@ -47,9 +48,11 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
         return MAX_CLIENT_MESSAGE
 
     def prepare(self) -> None:
-        user = self.gateway.users.resolve(token_from_request(self.request))
+        self._token = token_from_request(self.request)
+        user = self.gateway.users.resolve(self._token)
         if user is not None:
             self.user = user
+            self.gateway.users.watch(self)
         else:
             self.set_status(401)
             self.set_header("Content-Type", "application/json; charset=utf-8")
@@ -62,6 +65,13 @@ class WebSocketHandler(tornado.websocket.WebSocketHandler):
                     }
                 )
             )
+
+    def users_reloaded(self) -> None:
+        """The users file was re-read: a connection whose token no longer names the same user
+        (removed, or its rights changed) ends."""
+        if self.ws_connection is not None and self.gateway.users.resolve(self._token) != self.user:
+            log.info("websocket client of user %s: token no longer valid, closing", self.user.name)
+            self.close(REVOKED_CLOSE, "the user's token is no longer valid")
 
     def check_origin(self, origin: str) -> bool:
         """Our own page or an --allow-origin one (the app's guard already refused the rest

@@ -12,9 +12,10 @@ import hmac
 import json
 import logging
 import re
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from vrungpu_gateway import logmask
 
@@ -41,6 +42,12 @@ class User:
 
 
 ADMIN = User(ADMIN_NAME, admin=True)
+
+
+class Watcher(Protocol):
+    """A long-lived connection told after each reload (it re-checks its token)."""
+
+    def users_reloaded(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -112,6 +119,7 @@ class UserBook:
         self.main_token = main_token
         self.users_file = users_file
         self._entries: list[UserEntry] = []
+        self._watchers: weakref.WeakSet[Any] = weakref.WeakSet()  # gone with their connection
         if users_file is not None:
             self._use(entries if entries is not None else read_users_file(users_file))
 
@@ -140,6 +148,10 @@ class UserBook:
                 found = entry.user
         return found
 
+    def watch(self, watcher: Watcher) -> None:
+        """Tell ``watcher`` after every reload that changed the users."""
+        self._watchers.add(watcher)
+
     def reload(self) -> bool:
         """Re-read the users file; a bad one keeps the old users (one log line). True when
         the new users are in use."""
@@ -151,6 +163,8 @@ class UserBook:
             log.warning("users file not reloaded, keeping %d user(s): %s", len(self._entries), exc)
             return False
         log.info("users file reloaded: %d user(s)", len(self._entries))
+        for watcher in list(self._watchers):
+            watcher.users_reloaded()
         return True
 
 
