@@ -5,6 +5,8 @@ Tornado refuses a body over the server's ``max_body_size`` by closing the connec
 bare 400; ``BodyLimit`` sits between the server and the application and answers first. Routes
 that stream their body (uploads) raise their own limit in ``prepare`` and are passed through;
 when they refuse mid-body they call ``refuse`` so the client still reads one JSON line.
+A single chunk that alone overshoots the limit by more than ``SLACK_BYTES`` meets tornado's
+ceiling first: a bare 400 and a closed connection, the chunk never read either.
 """
 
 from __future__ import annotations
