@@ -411,3 +411,34 @@ def test_the_proxy_refuses_a_jupyter_user_who_does_not_own_the_server(
         assert err.value.status_code == 403
     finally:
         stop_jupyter(jp)
+
+
+# -- the user book, in process ------------------------------------------------------------------
+def test_user_book_resolves_tokens_and_keeps_its_users_on_a_bad_reload(users_file: Path) -> None:
+    from vrungpu_gateway.engine.users import ADMIN, User, UserBook
+
+    book = UserBook(main_token=TOKEN, users_file=users_file)
+    assert book.resolve(TOKEN) == ADMIN
+    assert book.resolve(ALICE) == User("alice") and book.resolve(BOB) == User("bob")
+    assert book.resolve(None) is None and book.resolve("") is None
+    assert book.resolve(ALICE + "x") is None and book.resolve("\udcff") is None
+    assert book.names == ["admin", "alice", "bob"]
+    assert UserBook(main_token=None, users_file=None).resolve(None) == ADMIN  # --no-auth
+
+    users_file.write_text(json.dumps({"users": [{"name": "eve", "token": TOKEN}]}))
+    assert book.reload() is False  # a user with the main token is refused
+    users_file.write_text('{"users": {}}')
+    assert book.reload() is False
+    assert book.resolve(ALICE) == User("alice")
+    write_users(users_file, [{"name": "alice", "token": ALICE, "admin": True}])
+    assert book.reload() is True
+    assert book.resolve(ALICE) == User("alice", admin=True) and book.resolve(BOB) is None
+
+
+def test_owners_and_scopes() -> None:
+    from vrungpu_gateway.engine.users import ADMIN, User
+
+    alice = User("alice")
+    assert alice.owns("alice") and not alice.owns("bob") and not alice.owns(None)
+    assert ADMIN.owns(None) and ADMIN.owns("bob")  # rows from before users are the admin's
+    assert alice.scope == "alice" and ADMIN.scope is None
