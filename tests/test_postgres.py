@@ -48,7 +48,10 @@ def test_one_gateway_per_database(
     line = refusal(tmp_path / "other", "--db-url", url)
     assert "is in use by another gateway" in line and f"pid {first.proc.pid}," in line
     assert url in line  # the database, named without a password
+    held = gateway_cmd("db", "upgrade", "--db-url", url)  # never under a running gateway
+    assert held.returncode == 2 and "is in use by another gateway" in held.stderr
     first.stop()
+    assert "the newest" in gateway_cmd("db", "upgrade", "--db-url", url).stdout
     second = start_gateway(data_dir=tmp_path / "other", extra=["--db-url", url])
     assert second.api.get("/tasks").status_code == 200
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import GatewayProcess, wait_for
-from tests.test_migrations import refusal
+from tests.test_migrations import gateway_cmd, refusal
 from vrungpu_gateway.store.db import Database
 
 SQL_WORDS = ("INSERT", "UPDATE", "SELECT", "[SQL", "sqlalchemy", "Traceback")
@@ -121,7 +121,10 @@ def test_one_gateway_per_sqlite_database_too(
     line = refusal(tmp_path / "other", "--db-url", url)
     assert f"the database {tmp_path / 'shared.db'} is in use by another gateway" in line
     assert f"pid {first.proc.pid}," in line
+    held = gateway_cmd("db", "upgrade", "--db-url", url)  # never under a running gateway
+    assert held.returncode == 2 and "is in use by another gateway" in held.stderr
     first.stop()
+    assert "the newest" in gateway_cmd("db", "upgrade", "--db-url", url).stdout
     second = start_gateway(data_dir=tmp_path / "other", extra=["--db-url", url])
     assert second.api.get("/tasks").status_code == 200
 

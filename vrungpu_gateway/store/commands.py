@@ -23,21 +23,23 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument(
         "--data-dir",
         type=Path,
-        default=Path(os.environ.get("VRUNGPU_DATA_DIR", "./data")),
-        help="the gateway's data dir: its SQLite database (default ./data)",
+        help="the gateway's data dir: its SQLite database (default: VRUNGPU_DATA_DIR, ./data)",
     )
     where.add_argument(
         "--db-url",
-        default=os.environ.get("VRUNGPU_DB_URL"),
-        help="SQLAlchemy URL of the store, e.g. postgresql+psycopg://user@host/db",
+        help="SQLAlchemy URL of the store, e.g. postgresql+psycopg://user@host/db "
+        "(default: VRUNGPU_DB_URL)",
     )
     return p
 
 
 def url_of(args: argparse.Namespace) -> str:
-    if args.db_url:
-        return str(args.db_url)
-    path = args.data_dir / "vrungpu.db"
+    """The database the gateway with these flags (and VRUNGPU_* variables) would use."""
+    url = args.db_url or (None if args.data_dir else os.environ.get("VRUNGPU_DB_URL"))
+    if url:
+        return str(url)
+    data_dir = args.data_dir or Path(os.environ.get("VRUNGPU_DATA_DIR") or "./data")
+    path = data_dir / "vrungpu.db"
     if not path.is_file():  # never create a database where none was
         raise ValueError(f"no database at {path} (give --data-dir or --db-url)")
     return Database.sqlite_url(path.resolve())
@@ -47,6 +49,7 @@ def run(args: argparse.Namespace) -> str:
     db = Database(url_of(args))
     try:
         if args.action == "upgrade":
+            db.hold()  # never under a running gateway
             before, after = db.upgrade()
             if before == after:
                 return f"{db.where}: at revision {after}, the newest"

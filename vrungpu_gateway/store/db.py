@@ -96,7 +96,7 @@ class Database:
         (a lease row, and on PostgreSQL an advisory lock); StoreStartError otherwise."""
         db = cls(url, **kwargs)
         try:
-            db._starting(db._hold)  # before the upgrade: a second gateway migrates nothing
+            db.hold()  # before the upgrade: a second gateway migrates nothing
             db.upgrade()
             db._starting(db._write_lease, version)
         except BaseException:
@@ -123,7 +123,12 @@ class Database:
         return self.url.render_as_string(hide_password=True)
 
     # -- the lease: one gateway per database ---------------------------------------------------
-    def _hold(self) -> None:
+    def hold(self) -> None:
+        """Take the database for this process (StoreStartError, naming the holder, when a
+        gateway has it): an advisory lock on PostgreSQL, an flock on a SQLite file."""
+        self._starting(self._take_lock)
+
+    def _take_lock(self) -> None:
         if not (self._lock_postgres() if self.is_postgres else self._lock_file()):
             raise StoreStartError(
                 f"the database {self.where} is in use by another gateway "
