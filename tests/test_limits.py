@@ -180,9 +180,16 @@ def test_json_bodies_over_the_limit(small: GatewayProcess) -> None:
         headers={"Content-Type": "application/json"},
     )
     refused(res, "body_too_large")
-    task_id = api.submit("print(1)")
-    api.wait_status(task_id, "completed")
-    api.delete(f"/task/{task_id}")
+    # exactly at the limit is taken, declared or chunked; one byte more is not
+    at_limit = json.dumps({"code": "print(1)", "name": "n"}).encode()
+    at_limit += b" " * (MB - len(at_limit))
+    assert api.post("/run/async", data=at_limit).status_code == 202
+    assert api.post("/run/async", data=iter([at_limit[:1000], at_limit[1000:]])).status_code == 202
+    refused(api.post("/run/async", data=at_limit + b" "), "body_too_large")
+    refused(api.post("/run/async", data=iter([at_limit, b" "])), "body_too_large")
+    for task in api.get("/tasks").json():
+        api.wait_status(task["task_id"], "completed")
+        api.delete(f"/task/{task['task_id']}")
 
 
 def test_a_chunked_upload_over_the_cap_is_413(small: GatewayProcess) -> None:
