@@ -28,6 +28,8 @@ from tests.test_ws import Ws, is_end, subscribed_lines
 pytest.importorskip("ray", reason="--backend ray needs the ray package (the gateway extra)")
 
 RAY_ENV = {"RAY_AUTH_MODE": "disabled"}  # Ray 2.60 turns token auth on by default
+# The raylet waits this long for its agents (30 s by default; a loaded machine needs more).
+HEAD_ENV = {**RAY_ENV, "RAY_agent_register_timeout_ms": "120000"}
 RAY_CLI = Path(sys.executable).parent / "ray"
 
 
@@ -40,7 +42,7 @@ def _free_port() -> int:
 def _ray(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(RAY_CLI), *args],
-        env={**os.environ, **RAY_ENV},
+        env={**os.environ, **HEAD_ENV},
         capture_output=True,
         text=True,
         timeout=timeout_s,
@@ -59,11 +61,10 @@ def _processes_under(marker: str) -> list[int]:
     return found
 
 
-@pytest.fixture(scope="module")
-def ray_head() -> Iterator[str]:
-    """A Ray head on a free port with 2 GPUs and 4 CPUs declared; always stopped after."""
-    if not RAY_CLI.exists():
-        pytest.skip(f"the ray command is not installed beside {sys.executable}")
+@contextlib.contextmanager
+def ray_cluster() -> Iterator[str]:
+    """A Ray head on a free port with 2 GPUs and 4 CPUs declared (its address); always stopped
+    after, with whatever it left behind."""
     port = _free_port()
     temp = tempfile.mkdtemp(prefix="vr-ray-")  # short: Ray's socket paths must fit 107 bytes
     args = ["--num-gpus=2", "--num-cpus=4", "--include-dashboard=false", "--disable-usage-stats"]
@@ -81,6 +82,14 @@ def ray_head() -> Iterator[str]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ray_head() -> Iterator[str]:
+    if not RAY_CLI.exists():
+        pytest.skip(f"the ray command is not installed beside {sys.executable}")
+    with ray_cluster() as address:
+        yield address
 
 
 @pytest.fixture(scope="module")

@@ -24,13 +24,14 @@ from vrungpu_gateway.engine.limits import RequestLimits
 from vrungpu_gateway.engine.manager import TaskManager
 from vrungpu_gateway.engine.metrics import GatewayMetrics, GatewayParts
 from vrungpu_gateway.engine.pyenvs import EnvCache, find_uv
+from vrungpu_gateway.engine.ray_runner import RayRunner, connect
 from vrungpu_gateway.engine.registry import ModelRegistry
-from vrungpu_gateway.engine.runner import DetachedRunner, Runner, WarmSpawner
+from vrungpu_gateway.engine.runner import Backend, DetachedRunner, Runner, WarmSpawner
 from vrungpu_gateway.engine.scheduler import Scheduler
 from vrungpu_gateway.engine.stream_hub import StreamHub
 from vrungpu_gateway.engine.users import UserBook, read_users_file
 from vrungpu_gateway.engine.workers import WorkerPool
-from vrungpu_gateway.gpus import GpuBackend, parse_gpu_spec
+from vrungpu_gateway.gpus import GpuBackend, RayGpus, parse_gpu_spec
 from vrungpu_gateway.protocol import TaskType
 from vrungpu_gateway.store import registry as model_repo
 from vrungpu_gateway.store import tasks as task_repo
@@ -86,7 +87,7 @@ class Gateway:
         config: GatewayConfig,
         *,
         backend: GpuBackend | None = None,
-        runner: Runner | None = None,
+        runner: Backend | None = None,
     ) -> Gateway:
         config.check()
         # a bad users file stops the start before anything is written
@@ -96,7 +97,8 @@ class Gateway:
         data_lock = layout.lock()  # one gateway per data dir (ValueError otherwise)
         isolation = jobuser.choose(config.job_user, python=config.python, reach=layout.root)
         layout.secure(passable=isolation.user is not None)
-        backend = backend or parse_gpu_spec(config.gpus)
+        ray = connect(config.ray_address) if config.backend == "ray" else None
+        backend = backend or (RayGpus(ray) if ray else parse_gpu_spec(config.gpus))
         db = Database.open(
             config.db_url or Database.sqlite_url(layout.database), version=__version__
         )
@@ -109,7 +111,7 @@ class Gateway:
             warm = WarmSpawner(
                 python=config.python, preload=config.preload, log_path=layout.run / "zygote.log"
             )
-        runner = runner or DetachedRunner(
+        local = DetachedRunner(  # local jobs, and kernels whatever the backend
             run_dir=layout.run,
             logs_dir=layout.logs,
             max_log_bytes=int(config.max_log_mb * 2**20),
@@ -117,6 +119,11 @@ class Gateway:
             pace=lambda: bus.room(timeout_s=PACE_TIMEOUT_S),
             job_user=isolation.user,
         )
+        if ray is not None:
+            runner = runner or RayRunner(
+                ray=ray, workspace_of=layout.workspace, logs_dir=layout.logs
+            )
+        runner = runner or local
         envs = EnvCache(
             root=layout.root / "envs",
             python=config.python,
@@ -145,7 +152,7 @@ class Gateway:
             job_user=isolation.user,
         )
         tasks.pooled_runners[TaskType.INFERENCE] = workers
-        kernels = cls._kernels(config, layout, db, tasks, runner, holders)
+        kernels = cls._kernels(config, layout, db, tasks, local, holders)
         holders.sources += [kernels.describe_holder, _worker_holder(workers), _task_holder(tasks)]
         models = ModelRegistry(
             db=db,

@@ -27,7 +27,7 @@ from vrungpu_gateway.engine.present import task_json
 from vrungpu_gateway.engine.progress import Progress, clip_message
 from vrungpu_gateway.engine.pyenvs import Env, EnvBuildError, EnvCache, read_requirements_file
 from vrungpu_gateway.engine.runner import (
-    DetachedRunner,
+    Backend,
     JobExit,
     JobHandle,
     JobSpec,
@@ -89,7 +89,7 @@ class TaskManager:
         *,
         db: Database,
         scheduler: Scheduler,
-        runner: Runner,
+        runner: Backend,
         bus: EventBus,
         layout: DataLayout,
         python: str,
@@ -307,7 +307,7 @@ class TaskManager:
                 self._persist(record)
 
         adopt = None
-        if adopted and isinstance(self.runner, DetachedRunner):
+        if adopted:
             runner = self.runner
 
             def adopt(on_output: OutputCallback) -> Awaitable[JobHandle | JobExit]:
@@ -355,9 +355,7 @@ class TaskManager:
             self._forget_files(record.task_id)
 
     def _forget_files(self, task_id: str) -> None:
-        if isinstance(self.runner, DetachedRunner):
-            files = self.runner.files(task_id)
-            asyncio.get_running_loop().run_in_executor(None, files.remove)
+        asyncio.get_running_loop().run_in_executor(None, self.runner.forget, task_id)
 
     async def _run_hooks(self, record: TaskRecord) -> TaskStatus:
         for hook in self.completion_hooks:
@@ -599,7 +597,7 @@ class TaskManager:
     async def _adopt(self, record: TaskRecord) -> bool:
         """Follow a job that was running; False when it never started."""
         gpu_ids = tuple(record.gpu_ids)
-        if not isinstance(self.runner, DetachedRunner) or record.task_type in self.pooled_runners:
+        if record.task_type in self.pooled_runners:
             await self._mark_lost(record)
             return True
         if not await self.runner.was_started(record.task_id):
