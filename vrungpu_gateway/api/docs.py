@@ -6,14 +6,19 @@ from pathlib import Path
 
 from vrungpu_gateway.api.base import BaseHandler
 from vrungpu_gateway.api.openapi import build_spec
+from vrungpu_gateway.engine.limits import RequestLimits
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 
 
 class OpenApiHandler(BaseHandler):
     def get(self) -> None:
-        gpu_count = len(self.gateway.scheduler.gpu_indices)
-        self.write_json(build_spec(self.settings.get("openapi_extra"), gpu_count=gpu_count))
+        spec = build_spec(
+            self.settings.get("openapi_extra"),
+            gpu_count=len(self.gateway.scheduler.gpu_indices),
+            limits=RequestLimits.from_config(self.gateway.config),
+        )
+        self.write_json(spec)
 
 
 class DocsHandler(BaseHandler):
