@@ -283,6 +283,10 @@ def test_models_are_their_owners_own(gw: GatewayProcess) -> None:
     assert res.status_code == 200 and res.json()["result"] == {"y": [2.0], "pid": ANY_PID}
     assert res.json()["owner"] == "alice"
     assert bob.get(f"/task/{res.json()['task_id']}").status_code == 404
+    workers = alice.get("/models/workers").json()["workers"]
+    assert [(w["model_id"], w["owner"]) for w in workers] == [(model_id, "alice")]
+    held = [d["holder"] for d in bob.get("/gpu").json()["devices"] if d["holder"]]
+    assert [(h["kind"], h["owner"]) for h in held] == [("worker", "alice")]  # the warm worker
 
     # a task's files become a model only for whoever may read the task
     task_id = alice.submit("open('model.pt', 'wb').write(b'w')")

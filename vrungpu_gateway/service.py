@@ -287,7 +287,12 @@ def _worker_holder(workers: WorkerPool) -> HolderSource:
     def describe(holder_id: str) -> dict[str, Any] | None:
         for worker in workers.describe()["workers"]:
             if worker["worker_id"] == holder_id:
-                return {"kind": "worker", "id": holder_id, "model_id": worker["model_id"]}
+                return {
+                    "kind": "worker",
+                    "id": holder_id,
+                    "model_id": worker["model_id"],
+                    "owner": worker["owner"],
+                }
         return None
 
     return describe

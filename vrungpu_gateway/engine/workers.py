@@ -101,6 +101,7 @@ class Worker:
     idle_timer: asyncio.TimerHandle | None = None
     stop_reason: str | None = None
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    owner: str | None = None  # the model's owner (a user's name), once the model is read
 
     @property
     def idle(self) -> bool:
@@ -119,6 +120,7 @@ class Worker:
         return {
             "worker_id": self.worker_id,
             "model_id": self.model_id,
+            "owner": self.owner,
             "state": self.state.value,
             "pid": self.process.pid if self.process else None,
             "device": "gpu" if self.placement.gpu else "cpu",
@@ -235,6 +237,7 @@ class WorkerPool:
         """Room, slot, process, model: the cold path of the first request."""
         try:
             model = await self._servable(worker.model_id)
+            worker.owner = model.owner
             await self._make_room(worker)
             worker.gpu_ids = await self._take_slot(worker, out)
             self._check_alive(worker)
