@@ -76,6 +76,21 @@ def test_no_auth_is_the_local_admin(start_gateway: Callable[..., GatewayProcess]
     assert Api(gw.url, None).get("/whoami").json() == {"name": "admin", "admin": True}
 
 
+def test_a_users_file_with_no_auth_is_refused(tmp_path: Path, users_file: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "vrungpu_gateway", "--port", "0", "--gpus", "sim:1", "--no-auth"]
+        + ["--data-dir", str(tmp_path / "data"), "--users-file", str(users_file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "vrungpu-gateway: --users-file needs tokens: with --no-auth everyone is the admin"
+    ]
+
+
 def test_user_tokens_are_masked_in_the_log(gw: GatewayProcess) -> None:
     as_user(gw, ALICE).get(f"/nowhere?token={ALICE}")
     res = as_user(gw, ALICE).get(f"/task/x/logs?token={ALICE}&stream=bad")

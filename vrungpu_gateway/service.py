@@ -92,6 +92,8 @@ class Gateway:
         config.check()
         # a bad users file stops the start before anything is written
         user_entries = read_users_file(config.users_file) if config.users_file else None
+        if user_entries is not None and config.no_auth:
+            raise ValueError("--users-file needs tokens: with --no-auth everyone is the admin")
         layout = DataLayout(config.data_dir.resolve())
         layout.ensure()
         data_lock = layout.lock()  # one gateway per data dir (ValueError otherwise)
