@@ -76,17 +76,23 @@ def test_no_auth_is_the_local_admin(start_gateway: Callable[..., GatewayProcess]
     assert Api(gw.url, None).get("/whoami").json() == {"name": "admin", "admin": True}
 
 
-def test_a_users_file_with_no_auth_is_refused(tmp_path: Path, users_file: Path) -> None:
+def refused_start(data_dir: Path, *flags: str) -> list[str]:
+    """Start a gateway that must refuse to start (exit 2); the lines it wrote to stderr."""
     proc = subprocess.run(
-        [sys.executable, "-m", "vrungpu_gateway", "--port", "0", "--gpus", "sim:1", "--no-auth"]
-        + ["--data-dir", str(tmp_path / "data"), "--users-file", str(users_file)],
+        [sys.executable, "-m", "vrungpu_gateway", "--port", "0", "--gpus", "sim:1"]
+        + ["--data-dir", str(data_dir), *flags],
         capture_output=True,
         text=True,
         timeout=60,
         cwd=REPO,
     )
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
+    assert proc.returncode == 2, proc.stderr
+    return proc.stderr.strip().splitlines()
+
+
+def test_a_users_file_with_no_auth_is_refused(tmp_path: Path, users_file: Path) -> None:
+    lines = refused_start(tmp_path / "data", "--no-auth", "--users-file", str(users_file))
+    assert lines == [
         "vrungpu-gateway: --users-file needs tokens: with --no-auth everyone is the admin"
     ]
 
@@ -114,17 +120,9 @@ def test_a_bad_users_file_stops_the_start_with_one_line(
     tmp_path: Path, users: list[dict[str, Any]], message: str
 ) -> None:
     path = write_users(tmp_path / "users.json", users)
-    proc = subprocess.run(
-        [sys.executable, "-m", "vrungpu_gateway", "--port", "0", "--gpus", "sim:1"]
-        + ["--data-dir", str(tmp_path / "data"), "--token", TOKEN, "--users-file", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-    )
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0] and "users-file" in lines[0], proc.stderr
+    lines = refused_start(tmp_path / "data", "--token", TOKEN, "--users-file", str(path))
+    assert len(lines) == 1 and message in lines[0] and "users-file" in lines[0], lines
+    assert not (tmp_path / "data").exists()  # refused before anything was written
 
 
 # -- tasks --------------------------------------------------------------------------------------
