@@ -77,7 +77,9 @@ class Database:
             options: dict[str, Any] = {"pool_pre_ping": True} if self.is_postgres else {}
             self.engine: Engine = create_engine(self.url, **options)
         except (ArgumentError, ImportError) as exc:  # NoSuchModuleError is an ArgumentError
-            raise StoreStartError(f"--db-url: {reason(exc)}") from None
+            missing = isinstance(exc, ImportError) and exc.name == "psycopg"
+            hint = " (pip install 'vrungpu[gateway,postgres]')" if missing else ""
+            raise StoreStartError(f"--db-url: {reason(exc)}{hint}") from None
         self.busy_retry_s = busy_retry_s
         if self.url.get_backend_name() == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
