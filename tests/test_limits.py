@@ -334,3 +334,16 @@ def test_a_zip_may_always_unpack_to_the_ratio_floor() -> None:
     assert limits.allowed_bytes(1000) == RATIO_FLOOR_BYTES
     assert limits.allowed_bytes(5 * MB) == 50 * MB
     assert limits.allowed_bytes(50 * MB) == 100 * MB
+
+
+def test_form_fields_and_file_parts_of_an_upload_are_bounded(small: GatewayProcess) -> None:
+    api = small.api
+    fields = {f"f{i}": "x" * 60_000 for i in range(20)}  # each under 64 KB, 1.2 MB in all
+    res = api.post("/run/project", files={"file": ("p.zip", b"PK")}, data=fields)
+    assert "in all" in refused(res, "too_large")
+    many = [("extra", (f"{i}.py", b"")) for i in range(101)]
+    res = api.post(
+        "/model/register", files=[("model_file", ("m.pt", b"w")), *many], data={"name": "m"}
+    )
+    assert "100 files" in refused(res, "too_large")
+    assert left_in(small, "uploads") == []

@@ -20,6 +20,7 @@ from vrungpu_gateway.api.bodylimit import declared_length, refuse
 from vrungpu_gateway.engine.errors import InvalidRequest, TooLarge
 
 MAX_FIELD_BYTES = 64 * 1024
+MAX_FILES = 100  # file parts of one upload (each one a file in data/uploads)
 FORM_OVERHEAD = 2**20  # room for the other form fields around the file
 
 
@@ -56,6 +57,7 @@ class MultipartSink:
         self._part = _Part()
         self._header_name = bytearray()
         self._header_value = bytearray()
+        self._held = 0  # bytes of form fields and part headers, held in memory
         self._parser = MultipartParser(
             boundary,
             callbacks={
@@ -94,10 +96,19 @@ class MultipartSink:
     def _begin(self) -> None:
         self._part = _Part()
 
+    def _hold(self, size: int) -> None:
+        self._held += size
+        if self._held > FORM_OVERHEAD:
+            raise TooLarge(
+                f"form fields and part headers larger than {FORM_OVERHEAD // 2**20} MB in all"
+            )
+
     def _hfield(self, data: bytes, start: int, end: int) -> None:
+        self._hold(end - start)
         self._header_name += data[start:end]
 
     def _hvalue(self, data: bytes, start: int, end: int) -> None:
+        self._hold(end - start)
         self._header_value += data[start:end]
 
     def _hend(self) -> None:
@@ -110,6 +121,8 @@ class MultipartSink:
         _, params = parse_options_header(self._part.headers.get("content-disposition", ""))
         self._part.name = params.get(b"name", b"").decode("utf-8", "replace")
         if b"filename" in params:
+            if len(self.files) >= MAX_FILES:
+                raise TooLarge(f"an upload holds at most {MAX_FILES} files")
             self._part.filename = params[b"filename"].decode("utf-8", "replace")
             path = self.upload_dir / f"{uuid.uuid4().hex}.upload"
             self._part.upload = UploadedFile(self._part.name, self._part.filename, path)
@@ -123,6 +136,7 @@ class MultipartSink:
                 raise TooLarge(f"upload larger than {self.max_file_bytes // 2**20} MB")
             part.sink.write(data[start:end])
             return
+        self._hold(end - start)
         part.buffer += data[start:end]
         if len(part.buffer) > MAX_FIELD_BYTES:
             raise TooLarge(f"form field {part.name!r} is larger than 64 KB")
