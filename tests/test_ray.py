@@ -24,6 +24,7 @@ import pytest
 
 from tests.support import Api, Gate, GatewayProcess, pid_alive, wait_for
 from tests.test_ws import Ws, is_end, subscribed_lines
+from vrungpu_gateway.engine.shim import truncation_notice
 
 pytest.importorskip("ray", reason="--backend ray needs the ray package (the gateway extra)")
 
@@ -98,7 +99,7 @@ def ray_gateway(
 ) -> Iterator[GatewayProcess]:
     gw = GatewayProcess(
         tmp_path_factory.mktemp("ray-gateway"),
-        extra=["--backend", "ray", "--ray-address", ray_head, "--log-level", "info"],
+        extra=["--backend", "ray", "--ray-address", ray_head, "--max-log-mb", "1"],
         env=RAY_ENV,
     )
     yield gw.start()
@@ -244,6 +245,18 @@ def test_live_logs_are_exact_over_the_websocket(
     assert subscribed_lines(seen, task_id, "stderr") == [f"e {i}" for i in range(3000)]
     log = ray_gateway.data_dir / "logs" / f"{task_id}.stdout.log"
     assert log.read_bytes() == ("\n".join(expected[:-1]) + "\ncafé no newline").encode()
+
+
+def test_a_log_past_max_log_mb_is_cut_with_the_notice(
+    ray_gateway: GatewayProcess, api: Api
+) -> None:
+    code = "import sys\nfor _ in range(3):\n    sys.stdout.write('x' * 2**19 + '\\n')\n"
+    task = api.post("/run/sync", json={"code": code, "device": "cpu"}).json()
+    assert task["status"] == "completed" and task["stdout_log_truncated"], task
+    assert not task["stderr_log_truncated"]
+    data = (ray_gateway.data_dir / "logs" / f"{task['task_id']}.stdout.log").read_bytes()
+    notice = truncation_notice(2**20)
+    assert data == ((b"x" * 2**19 + b"\n") * 3)[: 2**20] + notice
 
 
 def test_save_model_registers_what_the_ray_job_left(api: Api) -> None:

@@ -123,7 +123,10 @@ class Gateway:
         )
         if ray is not None:
             runner = runner or RayRunner(
-                ray=ray, workspace_of=layout.workspace, logs_dir=layout.logs
+                ray=ray,
+                workspace_of=layout.workspace,
+                logs_dir=layout.logs,
+                max_log_bytes=int(config.max_log_mb * 2**20),
             )
         runner = runner or local
         envs = EnvCache(

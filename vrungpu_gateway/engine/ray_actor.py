@@ -53,6 +53,8 @@ class JobActor:
         self.workspace = self.dir / "workspace"
         self.proc: subprocess.Popen[bytes] | None = None
         self.cuda = ""
+        self.limit_bytes = 0  # per stream, as the gateway's --max-log-mb
+        self.notice = b""  # what ends a stream cut at the limit
         self._lock = threading.Lock()
 
     def start(self, spec: dict[str, Any], workspace_zip: bytes) -> dict[str, Any]:
@@ -60,6 +62,7 @@ class JobActor:
         import ray  # present on every Ray node; imported here so the module needs no Ray
 
         unzip_into(workspace_zip, self.workspace)
+        self.limit_bytes, self.notice = spec["max_log_bytes"], spec["notice"]
         self.cuda = ",".join(str(int(i)) for i in ray.get_gpu_ids())
         env = dict(spec["env"])
         env["CUDA_VISIBLE_DEVICES"] = self.cuda
@@ -101,17 +104,22 @@ class JobActor:
 
     def poll(self, offsets: dict[str, int], max_bytes: int) -> tuple[dict[str, bytes], int | None]:
         """Output from ``offsets`` on (at most ``max_bytes`` a stream) and the exit code, read
-        first: with a code, the chunks hold everything up to their end."""
+        first: with a code, the chunks hold everything up to their end. A stream is served up
+        to the log limit, then the notice once (offsets past the limit get nothing)."""
         code = None if self.proc is None else self.proc.poll()
-        chunks = {}
-        for stream in STREAMS:
-            try:
-                with open(self._log(stream), "rb") as file:
-                    file.seek(offsets.get(stream, 0))
-                    chunks[stream] = file.read(max_bytes)
-            except OSError:
-                chunks[stream] = b""
-        return chunks, code
+        return {s: self._read(s, offsets.get(s, 0), max_bytes) for s in STREAMS}, code
+
+    def _read(self, stream: str, offset: int, max_bytes: int) -> bytes:
+        if offset >= self.limit_bytes:
+            return b""
+        try:
+            with open(self._log(stream), "rb") as file:
+                file.seek(offset)
+                data = file.read(min(max_bytes, self.limit_bytes - offset))
+                over = offset + len(data) == self.limit_bytes and bool(file.read(1))
+        except OSError:
+            return b""
+        return data + self.notice if over else data
 
     def kill(self, grace_s: float) -> int | None:
         """SIGTERM to the job's group, SIGKILL after ``grace_s``; its exit code."""

@@ -25,6 +25,7 @@ from typing import Any
 from vrungpu_gateway.engine import logs as logfiles
 from vrungpu_gateway.engine.ray_actor import JobActor, unzip_into, zip_dir
 from vrungpu_gateway.engine.runner import JobExit, JobSpec, OutputCallback
+from vrungpu_gateway.engine.shim import truncation_notice
 from vrungpu_gateway.protocol import STREAMS, FailureReason
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ NAMESPACE = "vrungpu"
 POLL_INTERVAL_S = 0.1  # how often a running job's actor is asked for new output
 READ_CHUNK = 256 * 1024  # per stream and poll
 PROBE_TIMEOUT_S = 5.0
+PLACE_TIMEOUT_S = 600.0  # a job's actor not placed and started by then: a spawn error
 
 
 class RayUnavailable(ValueError):
@@ -99,7 +101,9 @@ class RayHandle:
         workspace: Path,
         on_output: OutputCallback,
         offsets: dict[str, int],
+        max_log_bytes: int,
     ) -> None:
+        self._max_log_bytes = max_log_bytes
         self._ray = ray
         self._actor = actor
         self.task_id = task_id
@@ -135,7 +139,8 @@ class RayHandle:
             return JobExit(None, FailureReason.LOST, error)
         await self._fetch_workspace()
         await self._end_actor()
-        return JobExit(code)
+        truncated = {s: at > self._max_log_bytes for s, at in self._read_at.items()}
+        return JobExit(code, truncated=truncated)
 
     async def _fetch_workspace(self) -> None:
         try:
@@ -165,8 +170,11 @@ class RayHandle:
 class RayRunner:
     """Starts every job under a Ray actor; adopts the ones still running after a restart."""
 
-    def __init__(self, *, ray: Any, workspace_of: Callable[[str], Path], logs_dir: Path) -> None:
+    def __init__(
+        self, *, ray: Any, workspace_of: Callable[[str], Path], logs_dir: Path, max_log_bytes: int
+    ) -> None:
         self.ray = ray
+        self.max_log_bytes = max_log_bytes
         self.workspace_of = workspace_of
         self.logs_dir = logs_dir
         self._actor_class = ray.remote(JobActor)
@@ -184,9 +192,19 @@ class RayRunner:
             max_concurrency=4,  # poll and kill while close() may wait
             max_restarts=0,
         ).remote(spec.task_id)
-        payload = {"argv": spec.argv, "env": spec.env}
+        payload = {
+            "argv": spec.argv,
+            "env": spec.env,
+            "max_log_bytes": self.max_log_bytes,
+            "notice": truncation_notice(self.max_log_bytes),
+        }
         try:
-            info = await actor.start.remote(payload, workspace)
+            info = await asyncio.wait_for(actor.start.remote(payload, workspace), PLACE_TIMEOUT_S)
+        except TimeoutError as exc:
+            self.ray.kill(actor)
+            raise OSError(
+                f"Ray placed no actor with {gpus} GPU(s) within {PLACE_TIMEOUT_S:g} s"
+            ) from exc
         except self.ray.exceptions.RayError as exc:
             self.ray.kill(actor)
             raise OSError(f"the Ray actor failed: {str(exc).splitlines()[0]}") from exc
@@ -215,6 +233,7 @@ class RayRunner:
             workspace=self.workspace_of(task_id),
             on_output=on_output,
             offsets=offsets,
+            max_log_bytes=self.max_log_bytes,
         )
 
     def _actor(self, task_id: str) -> Any | None:
