@@ -57,7 +57,7 @@ def test_one_gateway_per_database(
 
 
 def test_a_database_that_goes_away_answers_503_and_keeps_no_gpu(
-    postgres: PostgresServer, start_gateway: Callable[..., GatewayProcess]
+    postgres: PostgresServer, start_gateway: Callable[..., GatewayProcess], tmp_path: Path
 ) -> None:
     url = postgres.new_database()
     name = url.rsplit("/", 1)[1]
@@ -80,6 +80,41 @@ def test_a_database_that_goes_away_answers_503_and_keeps_no_gpu(
     wait_for(lambda: api.get("/tasks").status_code == 200, 10, what="the database back")
     again = api.post("/run/sync", json={"code": "print(3)", "gpus": 1}).json()
     assert again["status"] == "completed" and again["gpu_ids"] == [0]
+    # its lock went with its connections: it is taken again, and a second gateway refused
+    wait_for(lambda: api.get("/tasks").ok and locks(postgres, name) == 1, 30, what="relock")
+    assert "is in use by another gateway" in refusal(tmp_path / "other", "--db-url", url)
+
+
+def locks(postgres: PostgresServer, name: str) -> int:
+    """Advisory locks held on database ``name``."""
+    [(count,)] = postgres.execute(
+        "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+        f"WHERE l.locktype = 'advisory' AND l.granted AND d.datname = '{name}'"
+    )
+    return int(count)  # type: ignore[call-overload]
+
+
+def test_a_gateway_whose_database_was_taken_over_stops_serving_it(
+    postgres: PostgresServer, start_gateway: Callable[..., GatewayProcess], tmp_path: Path
+) -> None:
+    url = postgres.new_database()
+    name = url.rsplit("/", 1)[1]
+    first = start_gateway(extra=["--db-url", url])
+    postgres.execute(  # a server restart, as the first gateway sees it
+        f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+    )
+    second = start_gateway(data_dir=tmp_path / "second", extra=["--db-url", url])
+    assert second.proc is not None
+
+    def refused() -> dict[str, str] | None:
+        res = first.api.get("/tasks")
+        return res.json() if res.status_code == 503 else None
+
+    body = wait_for(refused, 30, what="the first gateway to refuse")
+    assert body is not None
+    assert body["code"] == "storage_unavailable" and "another gateway took" in body["detail"]
+    assert f"pid {second.proc.pid}," in body["detail"]
+    assert second.api.get("/tasks").status_code == 200
 
 
 def test_long_and_nul_strings_are_refused_or_kept_not_500(

@@ -42,6 +42,7 @@ BUSY_RETRY_S = 600.0  # how long a locked database is waited for before a call f
 BUSY_WORDS = ("locked", "busy", "deadlock detected", "could not serialize")
 LOCK_KEY = 0x76_72_75_6E_67_70_75  # "vrungpu": the PostgreSQL advisory lock of the gateway
 LEASE_ID = 1
+LOCK_CHECK_S = 5.0  # how often the PostgreSQL lock's connection is checked while serving
 
 
 class StoreStartError(ValueError):
@@ -86,6 +87,8 @@ class Database:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vrungpu-db")
         self._lock: Connection | None = None  # PostgreSQL: holds the advisory lock
+        self._lock_wanted = False  # PostgreSQL: it was taken, and must be held while serving
+        self._lock_checked = 0.0  # time.monotonic() of the last check
         self._file_lock: int | None = None  # SQLite: an flock on the database file
 
     @classmethod
@@ -157,8 +160,36 @@ class Database:
         if not held:
             conn.close()
             return False
-        self._lock = conn
+        self._lock, self._lock_wanted = conn, True
+        self._lock_checked = time.monotonic()
         return True
+
+    def _check_lock(self) -> None:
+        """The advisory lock lives as long as its connection: after a lost connection (a
+        server restart) it is taken again, or, when another gateway took the database
+        meanwhile, every call is refused (Unavailable)."""
+        if not self._lock_wanted:
+            return
+        if self._lock is not None:
+            if time.monotonic() < self._lock_checked + LOCK_CHECK_S:
+                return
+            try:
+                self._lock.exec_driver_sql("SELECT 1")
+                self._lock.rollback()
+                self._lock_checked = time.monotonic()
+                return
+            except DBAPIError as exc:
+                log.warning("database: the gateway lock's connection is lost (%s)", reason(exc))
+                self._lock.invalidate()
+                self._lock.close()
+                self._lock = None
+        if not self._lock_postgres():
+            raise Unavailable(
+                f"another gateway took the database while this one lost it "
+                f"({self._holder()}): stop this gateway",
+                code="storage_unavailable",
+            )
+        log.warning("database: the gateway lock is held again")
 
     def _lock_file(self) -> bool:
         """An flock on the SQLite file (SQLite's own locks are fcntl locks: no clash)."""
@@ -207,6 +238,7 @@ class Database:
 
     def _retrying(self, fn: Callable[..., T], *args: Any) -> T:
         try:
+            self._check_lock()
             return self._retry_busy(fn, *args)
         except (DBAPIError, PoolTimeout) as exc:  # not ORM misuse: that is a bug, a 500
             log.error("database error in %s: %s", getattr(fn, "__name__", fn), reason(exc))
