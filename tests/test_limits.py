@@ -347,3 +347,21 @@ def test_form_fields_and_file_parts_of_an_upload_are_bounded(small: GatewayProce
     )
     assert "100 files" in refused(res, "too_large")
     assert left_in(small, "uploads") == []
+
+
+def test_a_damaged_member_is_a_bad_archive_with_nothing_left(small: GatewayProcess) -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("p/main.py", "print(1)\n" * 10)
+    data = bytearray(buf.getvalue())
+    data[30 + len("p/main.py")] ^= 0xFF  # the first byte of the member: its CRC no longer holds
+    res = upload(small.api, bytes(data))
+    assert "corrupt" in refused(res, "bad_archive", 400)
+    res = small.api.post(
+        "/model/register",
+        files={"model_file": ("m.zip", bytes(data))},
+        data={"name": "m", "unpack": "1"},
+    )
+    assert "corrupt" in refused(res, "bad_archive", 400)
+    assert left_in(small, "uploads") == [] and left_in(small, "workspaces") == []
+    assert left_in(small, "models") == []

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import stat
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 from vrungpu_gateway.engine.errors import InvalidRequest, TooLarge
 from vrungpu_gateway.engine.paths import safe_relative
@@ -90,19 +91,26 @@ class Unpacker:
         self.written = 0
 
     def write(self, info: zipfile.ZipInfo, target: Path) -> None:
+        """Unpack one member to ``target``; a damaged, encrypted or oddly compressed member
+        is a bad request, not a server error."""
+        try:
+            with self.archive.open(info) as src, open(target, "wb") as dst:
+                self._copy(info, src, dst)
+        except (zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError, RuntimeError) as e:
+            raise InvalidRequest(f"corrupt zip archive: {e}", code="bad_archive") from e
+
+    def _copy(self, info: zipfile.ZipInfo, src: IO[bytes], dst: IO[bytes]) -> None:
         size = 0
-        with self.archive.open(info) as src, open(target, "wb") as dst:
-            while chunk := src.read(CHUNK):
-                size += len(chunk)
-                self.written += len(chunk)
-                if size > info.file_size:
-                    raise TooLarge(
-                        f"archive member {info.filename!r} unpacks beyond its stated size",
-                        code=CODE,
-                    )
-                if self.written > self.allowed:
-                    raise TooLarge(_too_big(self.allowed, self.limits), code=CODE)
-                dst.write(chunk)
+        while chunk := src.read(CHUNK):
+            size += len(chunk)
+            self.written += len(chunk)
+            if size > info.file_size:
+                raise TooLarge(
+                    f"archive member {info.filename!r} unpacks beyond its stated size", code=CODE
+                )
+            if self.written > self.allowed:
+                raise TooLarge(_too_big(self.allowed, self.limits), code=CODE)
+            dst.write(chunk)
 
 
 def _declared_members(path: Path) -> int | None:
