@@ -54,6 +54,18 @@ def test_a_read_only_database_stops_the_start_with_one_line(tmp_path: Path) -> N
     assert line.endswith("cannot be used: attempt to write a readonly database"), line
 
 
+def test_a_read_only_data_dir_stops_the_start_with_one_line(
+    start_gateway: Callable[..., GatewayProcess], tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    start_gateway(data_dir=data).stop()  # a data dir as a gateway leaves it
+    for name in ("vrungpu.db-wal", "vrungpu.db-shm"):  # SQLite could write through these
+        (data / name).unlink(missing_ok=True)
+    with immutable(data):
+        line = refusal(data)
+    assert line.endswith("cannot be used: unable to open database file"), line
+
+
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 4 MB tmpfs (root only): a disk that can be filled up."""

@@ -80,16 +80,16 @@ class DataLayout:
         ``passable``: a job user must pass through to its workspace."""
         through = 0o711 if passable else 0o700
         for path in (self.root, self.workspaces, self.run, self.models):
-            os.chmod(path, through)
+            _chmod_if_needed(path, through)
         for path in (self.logs, self.uploads):
-            os.chmod(path, 0o700)
+            _chmod_if_needed(path, 0o700)
         for name in SECRET_FILES:
             with contextlib.suppress(FileNotFoundError):
                 _chmod_if_needed(self.root / name, 0o600)
 
 
 def _chmod_if_needed(path: Path, mode: int) -> None:
-    """Set a mode only when it differs: a read-only database file that is already 0600 is
-    then refused by the store with one line, not by a failed chmod."""
+    """Set a mode only when it differs: a read-only data dir or database whose modes are
+    right already is then refused by the store with one line, not by a failed chmod."""
     if stat.S_IMODE(os.stat(path).st_mode) != mode:
         os.chmod(path, mode)
