@@ -37,7 +37,7 @@ class RequestLimits:
         size = _utf8_len(code)
         if size > self.max_code_bytes:
             raise TooLarge(
-                f'"code" is {_kb(size)} KB, more than {_kb(self.max_code_bytes)} KB '
+                f'"code" is {size:,} bytes, over {_kb(self.max_code_bytes)} KB '
                 "(--max-code-kb); upload a project instead",
                 code="code_too_large",
             )
@@ -51,7 +51,7 @@ class RequestLimits:
         size = sum(_utf8_len(k) + _utf8_len(v) for k, v in env.items())
         if size > self.max_env_bytes:
             raise TooLarge(
-                f"env is {_kb(size)} KB, more than {_kb(self.max_env_bytes)} KB (--max-env-kb)",
+                f"env is {size:,} bytes, over {_kb(self.max_env_bytes)} KB (--max-env-kb)",
                 code="env_too_large",
             )
 
@@ -63,7 +63,7 @@ class RequestLimits:
         size = sum(_utf8_len(a) for a in args)
         if size > self.max_args_bytes:
             raise TooLarge(
-                f"args are {_kb(size)} KB, more than {_kb(self.max_args_bytes)} KB (--max-args-kb)",
+                f"args are {size:,} bytes, over {_kb(self.max_args_bytes)} KB (--max-args-kb)",
                 code="args_too_large",
             )
 
@@ -73,4 +73,4 @@ def _utf8_len(text: str) -> int:
 
 
 def _kb(size: int) -> str:
-    return f"{size / 1024:.0f}" if size >= 1024 else f"{size / 1024:.2f}"
+    return f"{size / 1024:g}"
