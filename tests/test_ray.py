@@ -164,6 +164,13 @@ def test_run_sync_on_a_ray_actor_brings_its_files_back(api: Api) -> None:
     assert not Path(lines["ws"]).exists()  # the actor removed its copy at the end
 
 
+def test_a_two_gpu_job_gets_both_gpus_from_ray(api: Api) -> None:
+    code = "import os\nprint(os.environ['CUDA_VISIBLE_DEVICES'])\n"
+    task = api.post("/run/sync", json={"code": code, "gpus": 2}).json()
+    assert task["status"] == "completed" and task["gpu_ids"] == [0, 1], task
+    assert sorted(task["stdout"].strip().split(",")) == ["0", "1"]
+
+
 def test_async_and_project_runs(api: Api) -> None:
     code = "import os, sys\nprint('cuda=' + os.environ['CUDA_VISIBLE_DEVICES'])\nsys.exit(3)"
     task_id = api.submit(code, device="cpu")
