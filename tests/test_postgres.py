@@ -11,7 +11,7 @@ from sqlalchemy import create_engine, text
 from tests.pg_support import PostgresServer
 from tests.support import GatewayProcess, wait_for
 from tests.test_migrations import drift, gateway_cmd, refusal, rows_are_served, v050_rows
-from tests.test_store import SQL_WORDS
+from tests.test_store import SQL_WORDS, one_gateway_per_database
 from vrungpu_gateway.store import migrate
 
 
@@ -42,18 +42,8 @@ def test_a_v050_database_keeps_every_row(
 def test_one_gateway_per_database(
     postgres: PostgresServer, start_gateway: Callable[..., GatewayProcess], tmp_path: Path
 ) -> None:
-    url = postgres.new_database()
-    first = start_gateway(extra=["--db-url", url])
-    assert first.proc is not None
-    line = refusal(tmp_path / "other", "--db-url", url)
-    assert "is in use by another gateway" in line and f"pid {first.proc.pid}," in line
-    assert url in line  # the database, named without a password
-    held = gateway_cmd("db", "upgrade", "--db-url", url)  # never under a running gateway
-    assert held.returncode == 2 and "is in use by another gateway" in held.stderr
-    first.stop()
-    assert "the newest" in gateway_cmd("db", "upgrade", "--db-url", url).stdout
-    second = start_gateway(data_dir=tmp_path / "other", extra=["--db-url", url])
-    assert second.api.get("/tasks").status_code == 200
+    url = postgres.new_database()  # no password in it: shown as it is
+    one_gateway_per_database(start_gateway, tmp_path, url, shown=url)
 
 
 def test_a_database_that_goes_away_answers_503_and_keeps_no_gpu(

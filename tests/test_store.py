@@ -128,12 +128,20 @@ def test_one_gateway_per_sqlite_database_too(
 ) -> None:
     """Two data dirs, one --db-url file: the second gateway is refused, naming the first."""
     url = f"sqlite:///{tmp_path / 'shared.db'}"
+    one_gateway_per_database(start_gateway, tmp_path, url, shown=str(tmp_path / "shared.db"))
+
+
+def one_gateway_per_database(
+    start_gateway: Callable[..., GatewayProcess], tmp_path: Path, url: str, *, shown: str
+) -> None:
+    """While a gateway holds ``url`` (named ``shown``), a second gateway (another data dir)
+    and `db upgrade` are refused, naming it; both work once it has stopped."""
     first = start_gateway(extra=["--db-url", url])
     assert first.proc is not None
     line = refusal(tmp_path / "other", "--db-url", url)
-    assert f"the database {tmp_path / 'shared.db'} is in use by another gateway" in line
+    assert f"the database {shown} is in use by another gateway" in line
     assert f"pid {first.proc.pid}," in line
-    held = gateway_cmd("db", "upgrade", "--db-url", url)  # never under a running gateway
+    held = gateway_cmd("db", "upgrade", "--db-url", url)
     assert held.returncode == 2 and "is in use by another gateway" in held.stderr
     first.stop()
     assert "the newest" in gateway_cmd("db", "upgrade", "--db-url", url).stdout
