@@ -9,7 +9,14 @@ actor for output at byte offsets and hands it on as a local job's output is hand
 supervisor appends it to the gateway's log files, so offsets, WebSockets and progress are the
 same); when the job ends, its workspace comes back for ``/task/{id}/files`` and models, and
 the actor is killed. Actors outlive the gateway, so a restarted gateway adopts their jobs.
-Our scheduler stays in front of Ray as the admission control.
+Our scheduler stays in front of Ray as the admission control (its GPU slots are the cluster's
+GPUs); Ray picks which physical GPU, so a task's ``gpu_ids`` are slots, and the job's
+``CUDA_VISIBLE_DEVICES`` is what Ray gave its actor.
+
+Not on Ray (yet): remote kernels and the warm model workers (inference) run on the gateway's
+host; ``--job-user`` does not apply (a job runs as its Ray worker); a job's own environment
+(requirements) is built on the gateway's host and used only where that path exists on the
+node; a node's copy of a job's output is not capped (the gateway's copy is, --max-log-mb).
 """
 
 from __future__ import annotations
