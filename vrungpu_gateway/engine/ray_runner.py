@@ -42,6 +42,7 @@ POLL_INTERVAL_S = 0.1  # how often a running job's actor is asked for new output
 READ_CHUNK = 256 * 1024  # per stream and poll
 PROBE_TIMEOUT_S = 5.0
 PLACE_TIMEOUT_S = 600.0  # a job's actor not placed and started by then: a spawn error
+INFO_TIMEOUT_S = 30.0  # an actor found at a restart that does not answer (never placed)
 
 
 class RayUnavailable(ValueError):
@@ -265,7 +266,10 @@ class RayRunner:
         if actor is None:
             return None
         try:
-            return actor, await actor.info.remote()
+            return actor, await asyncio.wait_for(actor.info.remote(), INFO_TIMEOUT_S)
+        except TimeoutError:  # still waiting for its node: its job never started
+            await asyncio.to_thread(self.ray.kill, actor)
+            return None
         except self.ray.exceptions.RayError:
             return None
 
