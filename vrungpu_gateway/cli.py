@@ -332,13 +332,19 @@ def _url(host: str, port: int, *, tls: bool = False) -> str:
 
 
 def ssl_context(config: GatewayConfig) -> ssl.SSLContext | None:
-    """The server's TLS context with --certfile/--keyfile (None without them); OSError
-    (ssl.SSLError) when they do not load or do not match."""
+    """The server's TLS context with --certfile/--keyfile (None without them); ValueError
+    (one line) when they do not load or do not match."""
     if config.certfile is None or config.keyfile is None:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(str(config.certfile), str(config.keyfile))
+    try:
+        context.load_cert_chain(str(config.certfile), str(config.keyfile))
+    except ssl.SSLError as exc:
+        raise ValueError(
+            f"--certfile {config.certfile} / --keyfile {config.keyfile}: not a PEM certificate "
+            f"and its matching private key ({exc.reason or exc})"
+        ) from None
     return context
 
 
