@@ -6,6 +6,10 @@ and every response must be a non-5xx that conforms to the documented schema, and
 schema-valid request must be accepted. Jobs and kernels that fuzzed requests start are ended when
 the module's gateway stops (``stop(end_jobs=True)``).
 
+The operations with path ids (task, model, file path) are then fuzzed once more with the ids of
+real records, a finished task with output and a file and a registered model, so that they are
+fuzzed past their 404s (DELETE is not: the records last the whole run).
+
 Then a smaller set of schema-violating requests per operation: each must answer a non-5xx that
 conforms to the document (a 4xx with the error body). Whether such a request is refused is not
 asked: the gateway ignores query parameters and JSON fields it does not know, as the seed did.
@@ -20,13 +24,15 @@ Two answers are judged by what the document says rather than by schemathesis's d
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import (
@@ -35,7 +41,8 @@ from schemathesis.checks import (
     positive_data_acceptance,
 )
 
-from tests.support import TOKEN, GatewayProcess
+from tests.model_helpers import register_plain
+from tests.support import TOKEN, Api, GatewayProcess
 
 pytestmark = pytest.mark.slow
 
@@ -66,15 +73,54 @@ def _is_websocket(operation: Any) -> bool:
 @pytest.fixture(scope="module")
 def fuzz_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     data: Path = tmp_path_factory.mktemp("fuzz-gateway")
-    extra = ["--cpu-slots", "1", "--default-timeout", "5", "--kernel-queue-timeout", "1"]
+    # Fuzzed kernels hold GPUs and the CPU slot: they wait 1 s for them and go after 5 s idle.
+    extra = ["--cpu-slots", "1", "--default-timeout", "5"]
+    extra += ["--kernel-queue-timeout", "1", "--kernel-idle-timeout", "5"]
     gw = GatewayProcess(data, extra=extra).start()
     yield gw
     gw.stop(end_jobs=True)
 
 
+def _records(api: Api) -> dict[str, list[str]]:
+    """Real ids for the path parameters: a finished task with output and a file, a model."""
+    code = "open('out.txt', 'w').write('x')\nprint('line one')\nprint('line two')"
+    task = api.post("/run/sync", json={"code": code, "device": "cpu"})
+    assert task.status_code == 200 and task.json()["status"] == "completed", task.text
+    model = register_plain(api, name="fuzz-model")
+    return {
+        "task_id": [task.json()["task_id"]],
+        "model_id": [model["model_id"]],
+        "path": ["out.txt"],
+    }
+
+
+def _seeded(raw: dict[str, Any], ids: dict[str, list[str]]) -> dict[str, Any]:
+    """Only the operations with path ids, those ids pinned to ``ids`` (DELETE left out)."""
+    paths: dict[str, Any] = {}
+    for path, ops in raw["paths"].items():
+        for method, op in ops.items():
+            params = [p for p in op.get("parameters", []) if p["in"] == "path"]
+            if method == "delete" or not params or any(p["name"] not in ids for p in params):
+                continue
+            for param in params:
+                param["schema"] = {"type": "string", "enum": ids[param["name"]]}
+            paths.setdefault(path, {})[method] = op
+    return {**raw, "paths": paths}
+
+
+def _load(raw: dict[str, Any], url: str) -> Any:
+    schema = schemathesis.openapi.from_dict(raw)
+    schema.config.update(base_url=url)
+    return schema
+
+
 @pytest.fixture(scope="module")
-def fuzz_schema(fuzz_gateway: GatewayProcess) -> Any:
-    return schemathesis.openapi.from_url(f"{fuzz_gateway.url}/openapi.json", headers=AUTH)
+def fuzz_schemas(fuzz_gateway: GatewayProcess) -> tuple[Any, Any]:
+    """The served document, and its id-bearing operations with the ids of real records."""
+    url = fuzz_gateway.url
+    raw = requests.get(f"{url}/openapi.json", headers=AUTH, timeout=30).json()
+    seeded = _seeded(copy.deepcopy(raw), _records(Api(url, TOKEN)))
+    return _load(raw, url), _load(seeded, url)
 
 
 def _fuzz(operation: Any, mode: GenerationMode = GenerationMode.POSITIVE) -> None:
@@ -91,6 +137,7 @@ def _fuzz(operation: Any, mode: GenerationMode = GenerationMode.POSITIVE) -> Non
         derandomize=True,
         suppress_health_check=list(HealthCheck),
         database=None,
+        phases=[Phase.explicit, Phase.generate],  # no shrinking: a failure is reported as found
     )
     def run(case: Any) -> None:
         case.call_and_validate(
@@ -108,20 +155,38 @@ def _fuzz(operation: Any, mode: GenerationMode = GenerationMode.POSITIVE) -> Non
         # nothing about the request can be wrong (no parameters, no body)
 
 
-def test_api_conforms_to_openapi(fuzz_schema: Any) -> None:
-    """Every operation; schemathesis.pytest.from_fixture does not work with pytest 9, so the
-    operations are walked here and each runs its own bounded hypothesis test."""
+def _describe(exc: BaseException) -> str:
+    """The failure's text, and that of each one inside an exception group."""
+    parts = [str(exc)[:1500]]
+    for inner in getattr(exc, "exceptions", ())[:3]:
+        parts.append(_describe(inner))
+    return "\n".join(parts)
+
+
+def _failures(schema: Any, modes: tuple[GenerationMode, ...], tag: str) -> tuple[int, list[str]]:
+    """How many operations ``schema`` has, and what failed in each generation mode."""
     failures: list[str] = []
     count = 0
-    for result in fuzz_schema.get_all_operations():
+    for result in schema.get_all_operations():
         operation = result.ok()
         count += 1
-        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+        for mode in modes:
             try:
                 _fuzz(operation, mode)
             except BaseException as exc:  # noqa: BLE001 - ExceptionGroups; reported below
                 if isinstance(exc, KeyboardInterrupt):
                     raise
-                failures.append(f"{operation.label} ({mode.value}): {str(exc)[:1500]}")
-    assert count > 10
-    assert not failures, "\n\n".join(failures)
+                failures.append(f"{operation.label} ({tag}{mode.value}): {_describe(exc)}")
+    return count, failures
+
+
+def test_api_conforms_to_openapi(fuzz_schemas: tuple[Any, Any]) -> None:
+    """Every operation; schemathesis.pytest.from_fixture does not work with pytest 9, so the
+    operations are walked here and each runs its own bounded hypothesis test."""
+    served, seeded = fuzz_schemas
+    both = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
+    # The real records first: the served run ends with kernels that hold GPUs for a while.
+    seeded_count, seeded_failures = _failures(seeded, (GenerationMode.POSITIVE,), "real ids, ")
+    count, failures = _failures(served, both, "")
+    assert count > 10 and seeded_count > 5
+    assert not failures + seeded_failures, "\n\n".join(failures + seeded_failures)

@@ -89,6 +89,36 @@ def _with_body(op: dict[str, Any], content: dict[str, Any]) -> dict[str, Any]:
 # The form's fields are text, read as the JSON fields of RunRequest (numbers, true/false, env
 # as a JSON object); args and requirements are plain text there.
 PATH = {"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}
+# The log query's parameters depend on each other: one exploded object parameter says how.
+LOG_QUERY = {
+    "name": "read",
+    "in": "query",
+    "style": "form",
+    "explode": True,
+    "description": "stream (default all); offset: a byte offset into stdout or stderr; tail: "
+    "the last N lines; offset and tail not together",
+    "schema": {
+        "type": "object",
+        "properties": {
+            "stream": {"type": "string", "enum": ["stdout", "stderr", "all"]},
+            "offset": {"type": "integer", "minimum": 0, "maximum": QUERY_INT_MAX},
+            "tail": {"type": "integer", "minimum": 0, "maximum": QUERY_INT_MAX},
+        },
+        "additionalProperties": False,
+        "not": {"required": ["offset", "tail"]},
+        "anyOf": [
+            {"not": {"required": ["offset"]}},
+            {"required": ["stream"], "properties": {"stream": {"enum": ["stdout", "stderr"]}}},
+        ],
+    },
+}
+ERROR = {"$ref": "#/components/responses/Error"}
+DOWNLOAD = {
+    "200": {"description": "the file", "content": {"application/octet-stream": {}}},
+    "400": ERROR,
+    "401": ERROR,
+    "404": ERROR,
+}
 
 
 def _public(summary: str, *, ok: int = 200, **kwargs: Any) -> dict[str, Any]:
@@ -183,18 +213,7 @@ PATHS: dict[str, dict[str, Any]] = {
     "/task/{task_id}/logs": {
         "get": _op(
             "Read output by byte offset or last lines",
-            params=[
-                TASK_ID,
-                _q("stream", enum=["stdout", "stderr", "all"]),
-                _q(
-                    "offset",
-                    "integer",
-                    "byte offset (stream stdout or stderr; not with tail)",
-                    minimum=0,
-                    maximum=QUERY_INT_MAX,
-                ),
-                _q("tail", "integer", "the last N lines", minimum=0, maximum=QUERY_INT_MAX),
-            ],
+            params=[TASK_ID, LOG_QUERY],
         )
     },
     "/task/{task_id}/files": {"get": _op("List the task's workspace files", params=[TASK_ID])},
@@ -206,6 +225,7 @@ PATHS: dict[str, dict[str, Any]] = {
                 {"name": "path", "in": "path", "required": True, "schema": {"type": "string"}},
             ],
         )
+        | {"responses": DOWNLOAD},
     },
     "/metrics": {
         "get": {
@@ -257,6 +277,17 @@ PATHS: dict[str, dict[str, Any]] = {
 
 
 # -- model registry, inference and warm workers ---------------------------------------------------
+INFERENCE_ANSWERS = {
+    "200": {
+        "description": "sync: the finished task with its result",
+        "content": {"application/json": {"schema": _ref("TaskDetail")}},
+    },
+    "202": {
+        "description": "the task, started (with model_id)",
+        "content": {"application/json": {"schema": _ref("TaskAccepted")}},
+    },
+    **{str(code): ERROR for code in (400, 401, 404, 409)},
+}
 PATHS.update(
     {
         "/models": {
@@ -322,6 +353,7 @@ PATHS.update(
                 ),
                 {"application/json": {"schema": _ref("InferenceRequest")}},
             )
+            | {"responses": INFERENCE_ANSWERS},
         },
     }
 )
