@@ -4,7 +4,10 @@ backend and on ``--backend ray`` (a local Ray head with two declared GPUs), in t
 "Running" is when the job's first output line is in its log (the job really runs: on Ray, its
 actor was placed, the workspace unpacked on the node and the process started), not the
 ``running`` status the scheduler sets when it hands out the slot. "Done" is a terminal status.
-Each job asks for one GPU, so on Ray it gets a fresh actor (and worker process) every time.
+Each job asks for one GPU, so on Ray it gets a fresh actor every time. Nearly all of Ray's
+extra time is that actor's worker process starting (Python and ``import ray``: ~3 s on a loaded
+2-core machine; ~0.1 s while Ray still has prestarted idle workers); the gateway's own part
+(zip, ``ray.put``, unpack on the node, spawn) is ~20 ms for a small workspace.
 
 Run: ``.venv/bin/python bench/bench_ray.py [--runs 10]`` (needs the ray package and command).
 """
