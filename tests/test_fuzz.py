@@ -6,9 +6,9 @@ and every response must be a non-5xx that conforms to the documented schema, and
 schema-valid request must be accepted. Jobs and kernels that fuzzed requests start are ended when
 the module's gateway stops (``stop(end_jobs=True)``).
 
-The operations with path ids (task, model, file path) are then fuzzed once more with the ids of
-real records, a finished task with output and a file and a registered model, so that they are
-fuzzed past their 404s (DELETE is not: the records last the whole run).
+The operations with path ids are first fuzzed with the ids of real records (a finished task
+with output and a file, a registered model, a kernel holding a GPU, the kernelspecs), so that
+they are fuzzed past their 404s (DELETE is not: the records last the whole run).
 
 Then a smaller set of schema-violating requests per operation: each must answer a non-5xx that
 conforms to the document (a 4xx with the error body). Whether such a request is refused is not
@@ -73,24 +73,29 @@ def _is_websocket(operation: Any) -> bool:
 @pytest.fixture(scope="module")
 def fuzz_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     data: Path = tmp_path_factory.mktemp("fuzz-gateway")
-    # Fuzzed kernels hold GPUs and the CPU slot: they wait 1 s for them and go after 5 s idle.
+    # Fuzzed kernels hold GPUs and the CPU slot: they wait 1 s for them and go after 30 s idle.
     extra = ["--cpu-slots", "1", "--default-timeout", "5"]
-    extra += ["--kernel-queue-timeout", "1", "--kernel-idle-timeout", "5"]
+    extra += ["--kernel-queue-timeout", "1", "--kernel-idle-timeout", "30"]
     gw = GatewayProcess(data, extra=extra).start()
     yield gw
     gw.stop(end_jobs=True)
 
 
 def _records(api: Api) -> dict[str, list[str]]:
-    """Real ids for the path parameters: a finished task with output and a file, a model."""
+    """Real ids for the path parameters: a finished task with output and a file, a model, a
+    kernel holding a GPU, the kernelspecs."""
     code = "open('out.txt', 'w').write('x')\nprint('line one')\nprint('line two')"
     task = api.post("/run/sync", json={"code": code, "device": "cpu"})
     assert task.status_code == 200 and task.json()["status"] == "completed", task.text
     model = register_plain(api, name="fuzz-model")
+    kernel = api.post("/api/kernels", json={"name": "vrungpu-1gpu"})
+    assert kernel.status_code == 201, kernel.text
     return {
         "task_id": [task.json()["task_id"]],
         "model_id": [model["model_id"]],
         "path": ["out.txt"],
+        "kernel_id": [kernel.json()["id"]],
+        "name": ["vrungpu-cpu", "vrungpu-1gpu", "vrungpu-2gpu"],
     }
 
 
