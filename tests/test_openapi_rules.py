@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ from referencing.jsonschema import DRAFT202012
 
 from vrungpu_gateway.api.openapi import build_spec
 from vrungpu_gateway.api.schemas import parse_task_spec
+from vrungpu_gateway.api.uploads import MultipartSink
 from vrungpu_gateway.engine.errors import InvalidRequest
 from vrungpu_gateway.engine.limits import RequestLimits
 
@@ -93,3 +95,18 @@ def test_every_body_may_be_too_large_and_json_bodies_of_another_type() -> None:
                 assert "413" in op["responses"]
                 json_body = "application/json" in op["requestBody"]["content"]
                 assert ("415" in op["responses"]) == json_body
+
+
+def test_form_field_and_file_names_may_be_utf8(tmp_path: Path) -> None:
+    """RFC 7578: names are UTF-8 (the schemas let any name through; one was a 400)."""
+    body = (
+        b'--B\r\nContent-Disposition: form-data; name="n\xc3\xa9\xe5\x90\x8d"\r\n\r\nv\r\n'
+        b'--B\r\nContent-Disposition: form-data; name="file"; filename="\xc3\xa9.py"\r\n\r\n'
+        b"print(1)\r\n--B--\r\n"
+    )
+    sink = MultipartSink("multipart/form-data; boundary=B", tmp_path, max_file_bytes=2**20)
+    sink.feed(body)
+    sink.finish()
+    assert sink.fields == {"né名": "v"}
+    assert [f.filename for f in sink.files] == ["é.py"]
+    sink.discard()

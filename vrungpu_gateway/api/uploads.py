@@ -118,7 +118,9 @@ class MultipartSink:
         self._header_value.clear()
 
     def _headers_done(self) -> None:
-        _, params = parse_options_header(self._part.headers.get("content-disposition", ""))
+        # As bytes: a str is encoded as latin-1 by the parser, and names may be UTF-8 (RFC 7578)
+        disposition = self._part.headers.get("content-disposition", "").encode("utf-8")
+        _, params = parse_options_header(disposition)
         self._part.name = params.get(b"name", b"").decode("utf-8", "replace")
         if b"filename" in params:
             if len(self.files) >= MAX_FILES:
