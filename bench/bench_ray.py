@@ -39,9 +39,9 @@ def one_job(api: Api) -> tuple[float, float]:
     out = {"stream": "stdout"}
     wait_for(lambda: api.get(logs, params=out).json()["lines"], 120, 0.01, what="first output")
     running = time.perf_counter() - start
-    task = wait_for(lambda: (t := api.task(task_id))["status"] in TERMINAL and t, 120, 0.01)
+    status = wait_for(lambda: (s := api.task(task_id)["status"]) in TERMINAL and s, 120, 0.01)
     done = time.perf_counter() - start
-    assert task["status"] == "completed", task
+    assert status == "completed", status
     return running, done
 
 
