@@ -220,7 +220,7 @@ def test_db_command_shows_and_upgrades_the_revision(tmp_path: Path) -> None:
     with sqlite3.connect(data / "vrungpu.db") as conn:
         assert conn.execute("SELECT count(*) FROM tasks").fetchone() == (3,)
         owners = conn.execute("SELECT owner FROM models").fetchall()
-    assert owners == [(None,), (None,)]
+    assert owners == [("admin",), ("admin",)]  # models from before users are the admin's
     missing = gateway_cmd("db", "current", "--data-dir", str(tmp_path / "none"))
     assert missing.returncode == 2 and "no database" in missing.stderr
     assert not (tmp_path / "none").exists()

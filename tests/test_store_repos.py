@@ -131,21 +131,26 @@ def model(name: str, **fields: object) -> ModelRecord:
     return ModelRecord(**values)  # type: ignore[arg-type]
 
 
-def test_models_version_per_name_and_update(db: Database) -> None:
+def test_models_version_per_owner_and_name_and_update(db: Database) -> None:
     first = models.insert_model(db, model("digits", metrics={"acc": 0.97}, owner="alice"))
-    second = models.insert_model(db, model("digits", created_at=NOW + timedelta(seconds=1)))
-    other = models.insert_model(db, model("other"))
-    assert (first.version, second.version, other.version) == (1, 2, 1)
+    later = NOW + timedelta(seconds=1)
+    second = models.insert_model(
+        db, model("digits", created_at=later, model_id="m-2", owner="alice")
+    )
+    other = models.insert_model(db, model("other", owner="alice"))
+    bobs = models.insert_model(db, model("digits", model_id="m-bob", owner="bob"))
+    assert (first.version, second.version, other.version, bobs.version) == (1, 2, 1, 1)
     assert models.get_model(db, first.model_id) == first
-    listed, total = models.list_models(db, name="digits")
+    listed, total = models.list_models(db, name="digits", owner="alice")
     assert [m.version for m in listed] == [2, 1] and total == 2
+    assert models.list_models(db, name="digits")[1] == 3  # everyone's (the admin's listing)
     changed = models.update_model(
         db, first.model_id, {"status": ModelStatus.ARCHIVED, "description": "old"}
     )
     assert changed is not None and changed.status is ModelStatus.ARCHIVED
     assert models.list_models(db, status="archived")[0] == [changed]
     assert models.update_model(db, "nope", {"description": "x"}) is None
-    assert models.model_stats(db) == {"by_status": {"archived": 1, "ready": 2}, "total": 3}
+    assert models.model_stats(db) == {"by_status": {"archived": 1, "ready": 3}, "total": 4}
     assert models.delete_model(db, first.model_id) is True
     assert models.delete_model(db, first.model_id) is False
 

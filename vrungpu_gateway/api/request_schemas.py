@@ -102,7 +102,7 @@ MODEL_META = {
         "type": "string",
         "maxLength": 200,
         "pattern": NAME,
-        "description": "versions count up per name",
+        "description": "versions count up per name among the owner's models",
     },
     "model_type": {
         "type": "string",

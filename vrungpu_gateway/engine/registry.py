@@ -1,7 +1,8 @@
 """The model registry: register, list, update, delete and download models; start inference.
 
 A model lives in ``data/models/{model_id}/`` (see ``model_files``) and in one row (see
-``store/registry``). Each registration gets the next ``version`` of its ``name``, a
+``store/registry``). Each registration gets the next ``version`` of its ``name`` among
+its owner's models (alice's and bob's "resnet" are both v1 first), a
 ``sha256`` of its download, and its lineage (``task_id``) when it came from a task. A model
 is registered from an upload, from a path inside a finished task's workspace, or by the
 ``save_model`` completion hook of a run request. Inference is a task of type ``inference``
@@ -40,7 +41,7 @@ from vrungpu_gateway.engine.model_record import ArtifactKind, ModelRecord, Model
 from vrungpu_gateway.engine.paths import resolve_inside
 from vrungpu_gateway.engine.present import model_json
 from vrungpu_gateway.engine.task import TaskRecord
-from vrungpu_gateway.engine.users import User
+from vrungpu_gateway.engine.users import ADMIN_NAME, User
 from vrungpu_gateway.engine.worker_process import write_input
 from vrungpu_gateway.engine.workers import WorkerPool
 from vrungpu_gateway.protocol import TaskType
@@ -160,7 +161,7 @@ class ModelRegistry:
         return source
 
     async def _store(
-        self, *, name: str, meta: ModelMeta, task_id: str | None, stage: Stage, owner: str | None
+        self, *, name: str, meta: ModelMeta, task_id: str | None, stage: Stage, owner: str
     ) -> ModelRecord:
         model_id = new_model_id()
         staging = self.layout.models / f"{STAGING_PREFIX}{model_id}"
@@ -219,7 +220,7 @@ class ModelRegistry:
             meta=ModelMeta(metrics=metrics, description=f"saved by task {record.task_id}"),
             task_id=record.task_id,
             stage=functools.partial(stage_from_workspace, source=source),
-            owner=record.owner,
+            owner=record.owner or ADMIN_NAME,  # a task from before users: the admin's
         )
         record.model_id = model.model_id
 
@@ -334,8 +335,9 @@ class ModelRegistry:
         )
 
 
-def _owner(user: User | None) -> str | None:
-    return user.name if user is not None else None
+def _owner(user: User | None) -> str:
+    """Who a new model belongs to: the admin when no user is given (an in-process caller)."""
+    return user.name if user is not None else ADMIN_NAME
 
 
 def _remove_staging(models: Path) -> None:

@@ -80,7 +80,10 @@ class TaskRow(Base):
 
 class ModelRow(Base):
     __tablename__ = "models"
-    __table_args__ = (UniqueConstraint("name", "version", name="uq_model_name_version"),)
+    # names and versions are per owner; rows from before users were given the owner "admin"
+    __table_args__ = (
+        UniqueConstraint("owner", "name", "version", name="uq_model_owner_name_version"),
+    )
 
     model_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(200), index=True)

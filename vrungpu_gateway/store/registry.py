@@ -30,10 +30,13 @@ def _columns(record: ModelRecord) -> dict[str, Any]:
 
 
 def insert_model(db: Database, record: ModelRecord) -> ModelRecord:
-    """Store a new model; its version becomes one more than the highest of its name."""
+    """Store a new model; its version becomes one more than the highest of its name among
+    its owner's models (names and versions are per owner)."""
     with db.session() as session:
         latest = session.scalar(
-            select(func.max(ModelRow.version)).where(ModelRow.name == record.name)
+            select(func.max(ModelRow.version)).where(
+                ModelRow.name == record.name, ModelRow.owner == record.owner
+            )
         )
         record.version = (latest or 0) + 1
         session.add(ModelRow(**_columns(record)))
