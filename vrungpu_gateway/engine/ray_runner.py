@@ -189,8 +189,11 @@ class RayRunner:
 
     async def start(self, spec: JobSpec, on_output: OutputCallback) -> RayHandle:
         await asyncio.to_thread(self._kill_named, spec.task_id)  # a try that never started
-        workspace = await asyncio.to_thread(lambda: self.ray.put(zip_dir(spec.cwd)))
         gpus = _gpu_count(spec)
+        most = await asyncio.to_thread(self._most_gpus_on_a_node)
+        if gpus > most:  # Ray would wait for such a node forever
+            raise OSError(f"no Ray node has {gpus} GPUs (the most on one node: {most})")
+        workspace = await asyncio.to_thread(lambda: self.ray.put(zip_dir(spec.cwd)))
         actor = self._actor_class.options(
             name=actor_name(spec.task_id),
             namespace=NAMESPACE,
@@ -243,6 +246,10 @@ class RayRunner:
             offsets=offsets,
             max_log_bytes=self.max_log_bytes,
         )
+
+    def _most_gpus_on_a_node(self) -> int:
+        nodes = [n for n in self.ray.nodes() if n.get("Alive")]
+        return max((int(n["Resources"].get("GPU", 0)) for n in nodes), default=0)
 
     def _actor(self, task_id: str) -> Any | None:
         try:
