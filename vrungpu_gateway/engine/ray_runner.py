@@ -55,7 +55,7 @@ def connect(address: str) -> Any:
         import ray
     except ImportError as exc:
         raise RayUnavailable(
-            "--backend ray needs the ray package: pip install 'vrungpu[gateway]' ray"
+            "--backend ray needs the ray package: pip install 'vrungpu[gateway,ray]'"
         ) from exc
     _probe(address)
     try:
