@@ -113,6 +113,10 @@ LOG_QUERY = {
     },
 }
 ERROR = {"$ref": "#/components/responses/Error"}
+# engine/paths.py safe_relative: not absolute (nor C:), no `..` part, not empty, no NUL.
+RELATIVE_PATH = (
+    r"^(?![/\\])(?![\s\S]:)(?![\s\S]*(?:^|[/\\])\.\.(?:[/\\]|$))(?=[\s\S]*[^/\\.])[^\x00]+$"
+)
 DOWNLOAD = {
     "200": {"description": "the file", "content": {"application/octet-stream": {}}},
     "400": ERROR,
@@ -334,13 +338,16 @@ PATHS.update(
             "get": {
                 **_op(
                     "The artifact (a folder as a zip); sha256 in X-Content-SHA256",
-                    params=[MODEL_ID, _q("file", desc="one stored file instead, e.g. handler.py")],
+                    params=[
+                        MODEL_ID,
+                        _q(
+                            "file",
+                            desc="one stored file instead, e.g. handler.py (a relative path)",
+                            pattern=RELATIVE_PATH,
+                        ),
+                    ],
                 ),
-                "responses": {
-                    "200": {"description": "the file", "content": {"application/octet-stream": {}}},
-                    "401": {"$ref": "#/components/responses/Error"},
-                    "404": {"$ref": "#/components/responses/Error"},
-                },
+                "responses": DOWNLOAD,
             }
         },
         "/model/{model_id}/inference": {

@@ -194,9 +194,13 @@ MODEL_SCHEMAS: dict[str, Any] = {
             },
             "metrics": {**METRICS, "description": "a JSON object (as the part's text)"},
             "task_id": {**TASK_REF, "description": "lineage: the task that produced it"},
-            "unpack": {"type": "boolean", "description": "model_file is a .zip of a folder"},
+            "unpack": {
+                "type": "boolean",
+                "description": "model_file is a .zip of a folder (and there are no files)",
+            },
         },
         "additionalProperties": FORM_TEXT,
+        "not": {"required": ["unpack", "files"], "properties": {"unpack": {"const": True}}},
     },
     "ModelFromTask": {
         "type": "object",
