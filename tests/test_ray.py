@@ -228,6 +228,29 @@ def test_cancel_and_timeout_leave_no_process(api: Api) -> None:
     wait_for(lambda: not any(pid_alive(pid) for pid in pids), 30, what="timed-out job to end")
 
 
+def test_cancel_while_ray_has_not_placed_the_actor(ray_head: str, api: Api, tmp_path: Path) -> None:
+    """Another user of the cluster holds both GPUs: our scheduler admits the job, Ray holds its
+    actor back; a cancel ends it there, and the actor never runs nor keeps a GPU."""
+    extra = ["--backend", "ray", "--ray-address", ray_head]
+    other = GatewayProcess(tmp_path / "other", extra=extra, env=RAY_ENV).start()
+    gate, marker = Gate(tmp_path / "go"), tmp_path / "ran"
+    try:
+        hog = other.api.submit("print('hog', flush=True)\n" + gate.code, gpus=2)
+        wait_for(lambda: _stdout(other.api, hog) == "hog", 60, what="the other job to run")
+        waiting = api.submit(f"open({str(marker)!r}, 'w').write('ran')\n")
+        api.wait_status(waiting, "running")
+        assert api.post(f"/task/{waiting}/cancel").status_code == 200
+        task = api.wait_status(waiting, "cancelled", timeout_s=60)
+        assert task["failure_reason"] == "cancelled"
+    finally:
+        gate.open()
+        other.api.wait_status(hog, "completed", "failed", timeout_s=60)
+        other.stop()
+    both = api.post("/run/sync", json={"code": "print('both')", "gpus": 2}).json()
+    assert both["status"] == "completed", both
+    assert not marker.exists()
+
+
 # -- live logs, models ------------------------------------------------------------------------
 def test_live_logs_are_exact_over_the_websocket(
     ray_gateway: GatewayProcess, api: Api, tmp_path: Path

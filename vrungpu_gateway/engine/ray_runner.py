@@ -42,6 +42,7 @@ POLL_INTERVAL_S = 0.1  # how often a running job's actor is asked for new output
 READ_CHUNK = 256 * 1024  # per stream and poll
 PROBE_TIMEOUT_S = 5.0
 PLACE_TIMEOUT_S = 600.0  # a job's actor not placed and started by then: a spawn error
+START_WAIT_S = 5.0  # a job not started by then is followed (and cancellable) while Ray places it
 INFO_TIMEOUT_S = 30.0  # an actor found at a restart that does not answer (never placed)
 
 
@@ -110,7 +111,10 @@ class RayHandle:
         on_output: OutputCallback,
         offsets: dict[str, int],
         max_log_bytes: int,
+        starting: asyncio.Future[dict[str, Any]] | None = None,
     ) -> None:
+        self._starting = starting  # the job's start, while Ray still places its actor
+        self._killed = False
         self._max_log_bytes = max_log_bytes
         self._ray = ray
         self._actor = actor
@@ -123,6 +127,8 @@ class RayHandle:
 
     async def _poll(self) -> int | None:
         """Hand on output until the job exited and all of it was delivered; its exit code."""
+        if self._starting is not None:
+            self.pid = int((await self._starting)["pid"])
         while True:
             chunks, code = await self._actor.poll.remote(self._read_at, READ_CHUNK)
             got = False
@@ -140,6 +146,12 @@ class RayHandle:
     async def wait(self) -> JobExit:
         try:
             code = await asyncio.shield(self._poller)
+        except OSError as exc:  # it never started: killed while Ray placed it, or failed
+            return (
+                JobExit(None)
+                if self._killed
+                else JobExit(None, FailureReason.SPAWN_ERROR, str(exc))
+            )
         except self._ray.exceptions.RayError as exc:
             log.warning("task %s: its Ray actor failed: %s", self.task_id, exc)
             await self._end_actor()
@@ -165,6 +177,10 @@ class RayHandle:
 
     async def kill(self, *, grace_s: float) -> None:
         """SIGTERM to the job's group on its node, SIGKILL after ``grace_s``."""
+        if self._starting is not None and not self._starting.done():
+            self._killed = True  # not placed yet: the actor goes, and its start fails
+            await asyncio.to_thread(self._ray.kill, self._actor)
+            return
         try:
             await self._actor.kill.remote(grace_s)
         except self._ray.exceptions.RayError as exc:
@@ -173,6 +189,8 @@ class RayHandle:
     def detach(self) -> None:
         """Stop following (the gateway stops; the job runs on under its actor)."""
         self._poller.cancel()
+        if self._starting is not None:
+            self._starting.cancel()
 
 
 class RayRunner:
@@ -209,6 +227,17 @@ class RayRunner:
             "max_log_bytes": self.max_log_bytes,
             "notice": truncation_notice(self.max_log_bytes),
         }
+        starting = asyncio.ensure_future(self._start_job(spec, actor, payload, workspace, gpus))
+        await asyncio.wait({starting}, timeout=START_WAIT_S)
+        if starting.done():
+            return self._handle(spec.task_id, actor, starting.result(), on_output)
+        log.info("task %s: waiting for Ray to place its actor (%s GPU(s))", spec.task_id, gpus)
+        return self._handle(spec.task_id, actor, None, on_output, starting=starting)
+
+    async def _start_job(
+        self, spec: JobSpec, actor: Any, payload: dict[str, Any], workspace: Any, gpus: int
+    ) -> dict[str, Any]:
+        """Start the job once Ray placed its actor; its info, or OSError."""
         try:
             info = await asyncio.wait_for(actor.start.remote(payload, workspace), PLACE_TIMEOUT_S)
         except TimeoutError as exc:
@@ -230,21 +259,27 @@ class RayRunner:
             info["cuda_visible_devices"],
             " ".join(spec.argv),
         )
-        return self._handle(spec.task_id, actor, info, on_output)
+        return dict(info)
 
     def _handle(
-        self, task_id: str, actor: Any, info: dict[str, Any], on_output: OutputCallback
+        self,
+        task_id: str,
+        actor: Any,
+        info: dict[str, Any] | None,
+        on_output: OutputCallback,
+        starting: asyncio.Future[dict[str, Any]] | None = None,
     ) -> RayHandle:
         offsets = {s: logfiles.log_size(self.logs_dir, task_id, s) for s in STREAMS}
         return RayHandle(
             ray=self.ray,
             actor=actor,
             task_id=task_id,
-            pid=int(info["pid"]),
+            pid=int(info["pid"]) if info else 0,  # 0: known once the job started
             workspace=self.workspace_of(task_id),
             on_output=on_output,
             offsets=offsets,
             max_log_bytes=self.max_log_bytes,
+            starting=starting,
         )
 
     def _most_gpus_on_a_node(self) -> int:
