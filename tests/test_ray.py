@@ -26,7 +26,8 @@ from tests.support import Api, Gate, GatewayProcess, pid_alive, wait_for
 from tests.test_ws import Ws, is_end, subscribed_lines
 from vrungpu_gateway.engine.shim import truncation_notice
 
-pytest.importorskip("ray", reason="--backend ray needs the ray package (the gateway extra)")
+pytest.importorskip("ray", reason="--backend ray needs the ray package (the ray extra)")
+pytestmark = pytest.mark.slow  # a Ray head starts in 10-60 s
 
 RAY_ENV = {"RAY_AUTH_MODE": "disabled"}  # Ray 2.60 turns token auth on by default
 # The raylet waits this long for its agents (30 s by default; a loaded machine needs more).
