@@ -10,14 +10,20 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from vrungpu_gateway.engine.errors import Unavailable
-from vrungpu_gateway.engine.model_record import ArtifactKind, ModelRecord, ModelStatus
-from vrungpu_gateway.engine.task import TaskRecord
+from vrungpu_gateway.errors import Unavailable
 from vrungpu_gateway.protocol import TaskStatus, TaskType
-from vrungpu_gateway.store import registry as models
-from vrungpu_gateway.store import tasks
+from vrungpu_gateway.records import (
+    ArtifactKind,
+    KernelRecord,
+    KernelState,
+    ModelRecord,
+    ModelStatus,
+    TaskRecord,
+)
 from vrungpu_gateway.store.db import Database
-from vrungpu_gateway.store.kernels import KernelRecord, KernelRepo, KernelState
+from vrungpu_gateway.store.kernels import KernelRepo
+from vrungpu_gateway.store.registry import ModelRepo
+from vrungpu_gateway.store.tasks import TaskRepo
 
 NOW = datetime(2026, 3, 4, 5, 6, 7, 890123, tzinfo=UTC)
 
@@ -47,7 +53,8 @@ def task(n: int, **fields: object) -> TaskRecord:
     return TaskRecord(**values)  # type: ignore[arg-type]
 
 
-def test_a_task_comes_back_field_for_field(db: Database) -> None:
+async def test_a_task_comes_back_field_for_field(db: Database) -> None:
+    tasks = TaskRepo(db)
     record = task(
         1,
         name="ünïcode ✓",
@@ -67,39 +74,40 @@ def test_a_task_comes_back_field_for_field(db: Database) -> None:
         stdout_log_truncated=True,
         owner="alice",
     )
-    tasks.save_task(db, record)
-    assert tasks.get_task(db, "t1") == record
+    await tasks.save_task(record)
+    assert await tasks.get_task("t1") == record
     record.status, record.error, record.failure_reason = TaskStatus.FAILED, "boom", "exit_code"
-    tasks.save_task(db, record)  # the same id: an update
-    assert tasks.get_task(db, "t1") == record
-    assert tasks.get_task(db, "nope") is None
+    await tasks.save_task(record)  # the same id: an update
+    assert await tasks.get_task("t1") == record
+    assert await tasks.get_task("nope") is None
 
 
-def test_task_listing_filters_orders_pages_and_counts(db: Database) -> None:
+async def test_task_listing_filters_orders_pages_and_counts(db: Database) -> None:
+    tasks = TaskRepo(db)
     for n, (status, device, owner) in enumerate(
         [("completed", "gpu", "a"), ("failed", "cpu", "a"), ("queued", "gpu", "b")]
         + [("completed", "cpu", None)]
     ):
-        tasks.save_task(db, task(n, status=TaskStatus(status), device=device, owner=owner))
-    listed, total = tasks.list_tasks(db)
+        await tasks.save_task(task(n, status=TaskStatus(status), device=device, owner=owner))
+    listed, total = await tasks.list_tasks()
     assert [r.task_id for r in listed] == ["t3", "t2", "t1", "t0"] and total == 4
-    page, total = tasks.list_tasks(db, limit=2, offset=1)
+    page, total = await tasks.list_tasks(limit=2, offset=1)
     assert [r.task_id for r in page] == ["t2", "t1"] and total == 4
-    assert tasks.list_tasks(db, status="completed")[1] == 2
-    assert [r.task_id for r in tasks.list_tasks(db, device="cpu", owner="a")[0]] == ["t1"]
-    queued = tasks.tasks_with_status(db, [TaskStatus.QUEUED, TaskStatus.FAILED])
+    assert (await tasks.list_tasks(status="completed"))[1] == 2
+    assert [r.task_id for r in (await tasks.list_tasks(device="cpu", owner="a"))[0]] == ["t1"]
+    queued = await tasks.tasks_with_status([TaskStatus.QUEUED, TaskStatus.FAILED])
     assert [r.task_id for r in queued] == ["t1", "t2"]  # oldest first
-    assert tasks.count_tasks(db) == 4
-    assert tasks.count_by_status(db) == {"completed": 2, "failed": 1, "queued": 1}
-    tasks.delete_task(db, "t0")
-    assert tasks.count_tasks(db) == 3
+    assert await tasks.count_tasks() == 4
+    assert await tasks.count_by_status() == {"completed": 2, "failed": 1, "queued": 1}
+    await tasks.delete_task("t0")
+    assert await tasks.count_tasks() == 3
 
 
-def test_task_statistics(db: Database) -> None:
+async def test_task_statistics(db: Database) -> None:
+    tasks = TaskRepo(db)
     recent = datetime.now(UTC)
     for n, gpu_ids in enumerate([[0], [0, 1], []]):
-        tasks.save_task(
-            db,
+        await tasks.save_task(
             task(
                 n,
                 created_at=recent - timedelta(days=2 * (n == 2)),
@@ -109,7 +117,7 @@ def test_task_statistics(db: Database) -> None:
                 task_type=TaskType.INFERENCE if n == 2 else TaskType.TRAINING,
             ),
         )
-    stats = tasks.task_stats(db)
+    stats = await tasks.task_stats()
     assert stats["by_status"] == {"completed": 3}
     assert stats["avg_duration"] == {"training": 3.0, "inference": 6.0}
     assert stats["last_24h"] == 2 and stats["usage_count"] == {"0": 2, "1": 1}
@@ -131,28 +139,29 @@ def model(name: str, **fields: object) -> ModelRecord:
     return ModelRecord(**values)  # type: ignore[arg-type]
 
 
-def test_models_version_per_owner_and_name_and_update(db: Database) -> None:
-    first = models.insert_model(db, model("digits", metrics={"acc": 0.97}, owner="alice"))
+async def test_models_version_per_owner_and_name_and_update(db: Database) -> None:
+    models = ModelRepo(db)
+    first = await models.insert_model(model("digits", metrics={"acc": 0.97}, owner="alice"))
     later = NOW + timedelta(seconds=1)
-    second = models.insert_model(
-        db, model("digits", created_at=later, model_id="m-2", owner="alice")
+    second = await models.insert_model(
+        model("digits", created_at=later, model_id="m-2", owner="alice")
     )
-    other = models.insert_model(db, model("other", owner="alice"))
-    bobs = models.insert_model(db, model("digits", model_id="m-bob", owner="bob"))
+    other = await models.insert_model(model("other", owner="alice"))
+    bobs = await models.insert_model(model("digits", model_id="m-bob", owner="bob"))
     assert (first.version, second.version, other.version, bobs.version) == (1, 2, 1, 1)
-    assert models.get_model(db, first.model_id) == first
-    listed, total = models.list_models(db, name="digits", owner="alice")
+    assert await models.get_model(first.model_id) == first
+    listed, total = await models.list_models(name="digits", owner="alice")
     assert [m.version for m in listed] == [2, 1] and total == 2
-    assert models.list_models(db, name="digits")[1] == 3  # everyone's (the admin's listing)
-    changed = models.update_model(
-        db, first.model_id, {"status": ModelStatus.ARCHIVED, "description": "old"}
+    assert (await models.list_models(name="digits"))[1] == 3  # everyone's (the admin's listing)
+    changed = await models.update_model(
+        first.model_id, {"status": ModelStatus.ARCHIVED, "description": "old"}
     )
     assert changed is not None and changed.status is ModelStatus.ARCHIVED
-    assert models.list_models(db, status="archived")[0] == [changed]
-    assert models.update_model(db, "nope", {"description": "x"}) is None
-    assert models.model_stats(db) == {"by_status": {"archived": 1, "ready": 3}, "total": 4}
-    assert models.delete_model(db, first.model_id) is True
-    assert models.delete_model(db, first.model_id) is False
+    assert (await models.list_models(status="archived"))[0] == [changed]
+    assert await models.update_model("nope", {"description": "x"}) is None
+    assert await models.model_stats() == {"by_status": {"archived": 1, "ready": 3}, "total": 4}
+    assert await models.delete_model(first.model_id) is True
+    assert await models.delete_model(first.model_id) is False
 
 
 async def test_kernels_are_kept_by_state(db: Database) -> None:
@@ -173,7 +182,7 @@ async def test_a_storage_error_is_one_line_without_the_statement(db: Database) -
     with db.engine.begin() as conn:
         conn.execute(text("DROP TABLE tasks"))
     with pytest.raises(Unavailable) as caught:
-        await db.run(tasks.get_task, db, "t1")
+        await TaskRepo(db).get_task("t1")
     assert caught.value.code == "storage_unavailable"
     detail = caught.value.detail
     assert "\n" not in detail and "SELECT" not in detail and "tasks" in detail, detail

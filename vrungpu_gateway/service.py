@@ -33,10 +33,10 @@ from vrungpu_gateway.engine.users import UserBook, read_users_file
 from vrungpu_gateway.engine.workers import WorkerPool
 from vrungpu_gateway.gpus import GpuBackend, RayGpus, parse_gpu_spec
 from vrungpu_gateway.protocol import TaskType
-from vrungpu_gateway.store import registry as model_repo
-from vrungpu_gateway.store import tasks as task_repo
 from vrungpu_gateway.store.db import Database
 from vrungpu_gateway.store.kernels import KernelRepo
+from vrungpu_gateway.store.registry import ModelRepo
+from vrungpu_gateway.store.tasks import TaskRepo
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,8 @@ class Gateway:
     config: GatewayConfig
     layout: DataLayout
     db: Database
+    task_repo: TaskRepo
+    model_repo: ModelRepo
     bus: EventBus
     scheduler: Scheduler
     monitor: GpuMonitor
@@ -78,7 +80,7 @@ class Gateway:
         self.metrics = GatewayMetrics(
             parts=parts,
             bus=self.bus,
-            stored=lambda: self.db.run(task_repo.count_by_status, self.db),
+            stored=self.task_repo.count_by_status,
         )
 
     @classmethod
@@ -104,6 +106,7 @@ class Gateway:
         db = Database.open(
             config.db_url or Database.sqlite_url(layout.database), version=__version__
         )
+        task_repo, model_repo = TaskRepo(db), ModelRepo(db)
         bus = EventBus()
         scheduler = Scheduler(gpu_indices=backend.indices(), cpu_slots=config.cpu_slots)
         holders = GpuHolders()
@@ -136,7 +139,7 @@ class Gateway:
             max_bytes=int(config.env_cache_mb * 2**20),
         )
         tasks = TaskManager(
-            db=db,
+            repo=task_repo,
             scheduler=scheduler,
             runner=runner,
             bus=bus,
@@ -148,7 +151,7 @@ class Gateway:
         )
         workers = WorkerPool(
             tasks=tasks,
-            db=db,
+            models=model_repo,
             layout=layout,
             bus=bus,
             max_warm=config.max_warm_models,
@@ -160,7 +163,7 @@ class Gateway:
         kernels = cls._kernels(config, layout, db, tasks, local, holders)
         holders.sources += [kernels.describe_holder, _worker_holder(workers), _task_holder(tasks)]
         models = ModelRegistry(
-            db=db,
+            repo=model_repo,
             layout=layout,
             tasks=tasks,
             pool=workers,
@@ -176,6 +179,8 @@ class Gateway:
             config,
             layout,
             db,
+            task_repo,
+            model_repo,
             bus,
             scheduler,
             monitor,
@@ -245,8 +250,8 @@ class Gateway:
 
     async def overview(self) -> dict[str, object]:
         """The `GET /` body."""
-        total_tasks = await self.db.run(task_repo.count_tasks, self.db)
-        models = await self.db.run(model_repo.model_stats, self.db)
+        total_tasks = await self.task_repo.count_tasks()
+        models = await self.model_repo.model_stats()
         pool = self.scheduler.snapshot()
         return {
             "service": "VrunGPU",
@@ -268,8 +273,8 @@ class Gateway:
 
     async def stats(self) -> dict[str, object]:
         """The `GET /stats` body."""
-        tasks = await self.db.run(task_repo.task_stats, self.db)
-        models = await self.db.run(model_repo.model_stats, self.db)
+        tasks = await self.task_repo.task_stats()
+        models = await self.model_repo.model_stats()
         usage = tasks.pop("usage_count")
         return {
             "tasks": tasks,

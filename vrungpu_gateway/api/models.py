@@ -21,8 +21,8 @@ from vrungpu_gateway.api.uploads import (
     start_upload,
 )
 from vrungpu_gateway.engine.errors import InvalidRequest
-from vrungpu_gateway.engine.model_record import ModelRecord, ModelStatus
 from vrungpu_gateway.engine.registry import ModelMeta
+from vrungpu_gateway.records import ModelRecord, ModelStatus
 
 MODEL_ID = r"(?P<model_id>[A-Za-z0-9_.-]{1,64})"
 ARTIFACT_FIELDS = ("model_file", "file")

@@ -26,6 +26,7 @@ from vrungpu_gateway.engine.logs import Line
 from vrungpu_gateway.engine.present import task_json
 from vrungpu_gateway.engine.progress import Progress, clip_message
 from vrungpu_gateway.engine.pyenvs import Env, EnvBuildError, EnvCache, read_requirements_file
+from vrungpu_gateway.engine.repos import TaskStore
 from vrungpu_gateway.engine.runner import (
     Backend,
     JobExit,
@@ -36,13 +37,11 @@ from vrungpu_gateway.engine.runner import (
 )
 from vrungpu_gateway.engine.scheduler import Assignment, Request, Scheduler
 from vrungpu_gateway.engine.supervisor import Outcome, Supervisor
-from vrungpu_gateway.engine.task import TaskRecord, new_id, utcnow
 from vrungpu_gateway.engine.throttle import Throttle
 from vrungpu_gateway.engine.users import User
 from vrungpu_gateway.engine.workspace import remove_workspace
 from vrungpu_gateway.protocol import Device, FailureReason, TaskStatus, TaskType
-from vrungpu_gateway.store import tasks as repo
-from vrungpu_gateway.store.db import Database
+from vrungpu_gateway.records import TaskRecord, new_id, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +86,7 @@ class TaskManager:
     def __init__(
         self,
         *,
-        db: Database,
+        repo: TaskStore,
         scheduler: Scheduler,
         runner: Backend,
         bus: EventBus,
@@ -97,7 +96,7 @@ class TaskManager:
         envs: EnvCache | None = None,
         limits: RequestLimits | None = None,
     ) -> None:
-        self.db = db
+        self.repo = repo
         self.limits = limits or RequestLimits()  # sizes of a request and of progress messages
         self.envs = envs  # per-job environments (requirements); None: every job on the base
         self.scheduler = scheduler
@@ -171,7 +170,7 @@ class TaskManager:
                 await asyncio.to_thread(
                     self.envs.remember, task_id=task_id, requirements=requirements
                 )
-            await self.db.run(repo.save_task, self.db, record)
+            await self.repo.save_task(record)
         except Exception:
             await asyncio.to_thread(remove_workspace, workspace)
             raise
@@ -377,7 +376,7 @@ class TaskManager:
         record.completed_at = utcnow()
         record.status = status
         try:
-            await self.db.run(repo.save_task, self.db, record.copy())
+            await self.repo.save_task(record.copy())
         finally:
             self._live.pop(record.task_id, None)
             self._publish(record)
@@ -396,7 +395,7 @@ class TaskManager:
 
     def _persist(self, record: TaskRecord) -> None:
         # Submitted now, so writes land in the order the states were reached.
-        future = self.db.submit(repo.save_task, self.db, record.copy())
+        future = self.repo.save_task(record.copy())
         future.add_done_callback(_log_failure(record.task_id))
 
     def present(self, record: TaskRecord) -> wire.Task:
@@ -433,7 +432,7 @@ class TaskManager:
         live = self._live.get(task_id)
         record = live.record if live is not None else None
         if record is None:
-            record = await self.db.run(repo.get_task, self.db, task_id)
+            record = await self.repo.get_task(task_id)
         if record is None or (user is not None and not user.owns(record.owner)):
             raise NotFound(f"task {task_id} not found", code="task_not_found")
         return record
@@ -471,16 +470,13 @@ class TaskManager:
         user: User | None = None,
     ) -> tuple[list[wire.Task], int]:
         """Newest first; only ``user``'s own unless an admin (None: all)."""
-        records, total = await self.db.run(
-            lambda: repo.list_tasks(
-                self.db,
-                status=status,
-                task_type=task_type,
-                device=device,
-                limit=limit,
-                offset=offset,
-                owner=user.scope if user is not None else None,
-            )
+        records, total = await self.repo.list_tasks(
+            status=status,
+            task_type=task_type,
+            device=device,
+            limit=limit,
+            offset=offset,
+            owner=user.scope if user is not None else None,
         )
         items = []
         for record in records:
@@ -554,7 +550,7 @@ class TaskManager:
         owner = (await self.get(task_id, user=user)).owner
         if task_id in self._live:
             await self.cancel(task_id=task_id)
-        await self.db.run(repo.delete_task, self.db, task_id)
+        await self.repo.delete_task(task_id)
         await asyncio.to_thread(self._remove_files, task_id)
         self.bus.publish({"type": "task_deleted", "task_id": task_id, "owner": owner})
 
@@ -581,7 +577,7 @@ class TaskManager:
     async def recover(self) -> None:
         """Reconcile what a previous gateway left: adopt running jobs, re-queue waiting ones."""
         statuses = [TaskStatus.PENDING, TaskStatus.QUEUED, TaskStatus.RUNNING]
-        records = await self.db.run(repo.tasks_with_status, self.db, statuses)
+        records = await self.repo.tasks_with_status(statuses)
         waiting = []
         for record in records:  # running ones first: they hold their GPUs already
             if record.status is not TaskStatus.RUNNING:
@@ -617,7 +613,7 @@ class TaskManager:
             record.status, record.completed_at = TaskStatus.FAILED, utcnow()
             record.failure_reason = FailureReason.SPAWN_ERROR.value
             record.error = f"Cannot run after restart: {problem}"
-            await self.db.run(repo.save_task, self.db, record)
+            await self.repo.save_task(record)
             return
         log.info("task %s: re-queued after restart", record.task_id)
         self._enqueue(record, request)
@@ -626,7 +622,7 @@ class TaskManager:
         record.status, record.completed_at = TaskStatus.FAILED, utcnow()
         record.failure_reason = FailureReason.LOST.value
         record.error = "The gateway stopped while the task was running"
-        await self.db.run(repo.save_task, self.db, record)
+        await self.repo.save_task(record)
         log.warning("task %s: marked lost (was running when the gateway stopped)", record.task_id)
 
     def drain(self) -> None:

@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 
 from vrungpu_gateway.engine.archive import Unpacker, ZipLimits, checked_members, open_zip
 from vrungpu_gateway.engine.errors import InvalidRequest
-from vrungpu_gateway.engine.model_record import BUILTIN_HANDLER, CUSTOM_HANDLER, ArtifactKind
+from vrungpu_gateway.records import BUILTIN_HANDLER, CUSTOM_HANDLER, ArtifactKind
 
 FRAMEWORKS = {
     ".pt": "pytorch",

@@ -8,8 +8,7 @@ from __future__ import annotations
 from typing import cast
 
 from vrungpu_gateway import wire
-from vrungpu_gateway.engine.model_record import ModelRecord
-from vrungpu_gateway.engine.task import TaskRecord, iso
+from vrungpu_gateway.records import ModelRecord, TaskRecord, iso
 
 
 def task_json(record: TaskRecord, *, queue_position: int | None) -> wire.Task:

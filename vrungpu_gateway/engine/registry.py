@@ -37,16 +37,14 @@ from vrungpu_gateway.engine.model_files import (
     stage_upload,
     write_folder_zip,
 )
-from vrungpu_gateway.engine.model_record import ArtifactKind, ModelRecord, ModelStatus, new_model_id
 from vrungpu_gateway.engine.paths import resolve_inside
 from vrungpu_gateway.engine.present import model_json
-from vrungpu_gateway.engine.task import TaskRecord
+from vrungpu_gateway.engine.repos import ModelStore
 from vrungpu_gateway.engine.users import ADMIN_NAME, User
 from vrungpu_gateway.engine.worker_process import write_input
 from vrungpu_gateway.engine.workers import WorkerPool
 from vrungpu_gateway.protocol import TaskType
-from vrungpu_gateway.store import registry as repo
-from vrungpu_gateway.store.db import Database
+from vrungpu_gateway.records import ArtifactKind, ModelRecord, ModelStatus, TaskRecord, new_model_id
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +73,14 @@ class ModelRegistry:
     def __init__(
         self,
         *,
-        db: Database,
+        repo: ModelStore,
         layout: DataLayout,
         tasks: TaskManager,
         pool: WorkerPool,
         bus: EventBus,
         zip_limits: ZipLimits,
     ) -> None:
-        self.db = db
+        self.repo = repo
         self.layout = layout
         self.tasks = tasks
         self.pool = pool
@@ -188,7 +186,7 @@ class ModelRegistry:
             owner=owner,
         )
         try:
-            record = await self.db.run(repo.insert_model, self.db, record)
+            record = await self.repo.insert_model(record)
         except Exception:
             await asyncio.to_thread(remove_tree, final)
             raise
@@ -227,7 +225,7 @@ class ModelRegistry:
     # -- reading ------------------------------------------------------------------------------
     async def get(self, model_id: str, *, user: User | None = None) -> ModelRecord:
         """The model; NotFound when there is none or ``user`` may not see it (one answer)."""
-        record = await self.db.run(repo.get_model, self.db, model_id)
+        record = await self.repo.get_model(model_id)
         if record is None or (user is not None and not user.owns(record.owner)):
             raise NotFound(f"model {model_id} not found", code="model_not_found")
         return record
@@ -249,16 +247,12 @@ class ModelRegistry:
         user: User | None = None,
     ) -> tuple[list[wire.Model], int]:
         """Newest first; only ``user``'s own unless an admin (None: all)."""
-        records, total = await self.db.run(
-            functools.partial(
-                repo.list_models,
-                self.db,
-                name=name,
-                status=status,
-                limit=limit,
-                offset=offset,
-                owner=user.scope if user is not None else None,
-            )
+        records, total = await self.repo.list_models(
+            name=name,
+            status=status,
+            limit=limit,
+            offset=offset,
+            owner=user.scope if user is not None else None,
         )
         return [self.present(r) for r in records], total
 
@@ -287,7 +281,7 @@ class ModelRegistry:
         await self.get(model_id, user=user)
         if changes.get("status") is ModelStatus.ARCHIVED:
             await self.pool.unload(model_id=model_id, reason="the model was archived")
-        record = await self.db.run(repo.update_model, self.db, model_id, changes)
+        record = await self.repo.update_model(model_id, changes)
         if record is None:
             raise NotFound(f"model {model_id} not found", code="model_not_found")
         self.bus.publish({"type": "model_update", "model": self.present(record)})
@@ -299,7 +293,7 @@ class ModelRegistry:
         unloaded = await self.pool.unload(
             model_id=model_id, reason="the model was deleted", forever=True
         )
-        await self.db.run(repo.delete_model, self.db, model_id)
+        await self.repo.delete_model(model_id)
         await asyncio.to_thread(remove_tree, self.layout.models / model_id)
         self.bus.publish({"type": "model_deleted", "model_id": model_id, "owner": record.owner})
         log.info("model %s: deleted (%s warm worker(s) unloaded)", model_id, unloaded)

@@ -33,10 +33,9 @@ from vrungpu_gateway.engine.events import Event, EventBus
 from vrungpu_gateway.engine.jobuser import JobUser
 from vrungpu_gateway.engine.layout import DataLayout
 from vrungpu_gateway.engine.manager import TaskManager
-from vrungpu_gateway.engine.model_record import ModelRecord, ModelStatus
+from vrungpu_gateway.engine.repos import ModelStore
 from vrungpu_gateway.engine.runner import JobExit, JobHandle, JobSpec, OutputCallback
 from vrungpu_gateway.engine.scheduler import Assignment, Request
-from vrungpu_gateway.engine.task import TaskRecord, iso, utcnow
 from vrungpu_gateway.engine.worker_process import (
     INPUT_FILE,
     RESULT_FILE,
@@ -47,8 +46,7 @@ from vrungpu_gateway.engine.worker_process import (
     say,
 )
 from vrungpu_gateway.protocol import TaskType
-from vrungpu_gateway.store import registry as model_repo
-from vrungpu_gateway.store.db import Database
+from vrungpu_gateway.records import ModelRecord, ModelStatus, TaskRecord, iso, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +163,7 @@ class WorkerPool:
         self,
         *,
         tasks: TaskManager,
-        db: Database,
+        models: ModelStore,
         layout: DataLayout,
         bus: EventBus,
         max_warm: int,
@@ -177,7 +175,7 @@ class WorkerPool:
             raise ValueError("max_warm must be at least 1")
         self.job_user = job_user  # workers run the model's code as this user (None: ours)
         self.tasks = tasks
-        self.db = db
+        self.models = models
         self.layout = layout
         self.max_warm = max_warm
         self.idle_timeout_s = idle_timeout_s
@@ -257,7 +255,7 @@ class WorkerPool:
             ) from None
 
     async def _servable(self, model_id: str) -> ModelRecord:
-        model = await self.db.run(model_repo.get_model, self.db, model_id)
+        model = await self.models.get_model(model_id)
         if model is None or model_id in self._gone:
             raise WorkerFailed(f"model {model_id} no longer exists")
         if model.status is not ModelStatus.READY:

@@ -30,7 +30,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
-from vrungpu_gateway.engine.errors import Unavailable
+from vrungpu_gateway.errors import Unavailable
 from vrungpu_gateway.store import migrate
 from vrungpu_gateway.store.models import LeaseRow
 

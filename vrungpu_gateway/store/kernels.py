@@ -1,50 +1,21 @@
-"""The kernel record and its repository: remote kernels kept across gateway restarts.
+"""The kernel repository: remote kernels kept across gateway restarts.
 
-``KernelRecord`` is the stored shape of a kernel (the engine's ``Kernel`` adds what lives only
-in memory); ``KernelRepo`` is the repository object the kernel manager is given. Its methods
-are async: each runs on the database thread (``Database.run``).
+``KernelRepo`` is the repository object the kernel manager is given (the record itself is
+``records.KernelRecord``). Its methods are async: each runs on the database thread
+(``Database.run``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
-from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import select
 
+from vrungpu_gateway.records import KernelRecord, KernelState
 from vrungpu_gateway.store.db import Database
 from vrungpu_gateway.store.models import KernelRow
 
-
-class KernelState(StrEnum):
-    SPARE = "spare"  # prespawned, not handed to anyone yet
-    ALIVE = "alive"
-    DEAD = "dead"
-
-
-@dataclass
-class KernelRecord:
-    kernel_id: str
-    spec_name: str
-    connection_file: str
-    created_at: datetime
-    last_activity: datetime
-    device: str = "cpu"
-    gpu_ids: list[int] = field(default_factory=list)
-    session: str | None = None
-    state: KernelState = KernelState.ALIVE
-    env: dict[str, str] = field(default_factory=dict)
-    ended_at: datetime | None = None
-    end_reason: str | None = None
-    owner: str | None = None  # the user who started it (None: from before users: the admin's)
-
-    def copy(self) -> KernelRecord:
-        return replace(self, gpu_ids=list(self.gpu_ids), env=dict(self.env))
-
-
-_COLUMNS = [f.name for f in fields(KernelRecord)]
+_COLUMNS = KernelRecord.column_names()
 
 
 def _to_record(row: KernelRow) -> KernelRecord:

@@ -1,12 +1,17 @@
-"""Repository functions for registered models. Blocking: call them through ``Database.run``."""
+"""The model repository: ``ModelRepo`` reads and writes registered-model records.
+
+Each method queues its call on the database thread at once (calls run in the order made) and
+returns the future to await.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from sqlalchemy import delete, func, select
 
-from vrungpu_gateway.engine.model_record import ArtifactKind, ModelRecord, ModelStatus
+from vrungpu_gateway.records import ArtifactKind, ModelRecord, ModelStatus
 from vrungpu_gateway.store.db import Database
 from vrungpu_gateway.store.models import ModelRow
 
@@ -29,75 +34,97 @@ def _columns(record: ModelRecord) -> dict[str, Any]:
     return values
 
 
-def insert_model(db: Database, record: ModelRecord) -> ModelRecord:
-    """Store a new model; its version becomes one more than the highest of its name among
-    its owner's models (names and versions are per owner)."""
-    with db.session() as session:
-        latest = session.scalar(
-            select(func.max(ModelRow.version)).where(
-                ModelRow.name == record.name, ModelRow.owner == record.owner
+class ModelRepo:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def insert_model(self, record: ModelRecord) -> asyncio.Future[ModelRecord]:
+        """Store a new model; its version becomes one more than the highest of its name among
+        its owner's models (names and versions are per owner)."""
+        return self.db.submit(self._insert_model, record)
+
+    def _insert_model(self, record: ModelRecord) -> ModelRecord:
+        with self.db.session() as session:
+            latest = session.scalar(
+                select(func.max(ModelRow.version)).where(
+                    ModelRow.name == record.name, ModelRow.owner == record.owner
+                )
             )
-        )
-        record.version = (latest or 0) + 1
-        session.add(ModelRow(**_columns(record)))
-    return record
+            record.version = (latest or 0) + 1
+            session.add(ModelRow(**_columns(record)))
+        return record
 
+    def get_model(self, model_id: str) -> asyncio.Future[ModelRecord | None]:
+        return self.db.submit(self._get_model, model_id)
 
-def get_model(db: Database, model_id: str) -> ModelRecord | None:
-    with db.session() as session:
-        row = session.get(ModelRow, model_id)
-        return _to_record(row) if row is not None else None
+    def _get_model(self, model_id: str) -> ModelRecord | None:
+        with self.db.session() as session:
+            row = session.get(ModelRow, model_id)
+            return _to_record(row) if row is not None else None
 
+    def list_models(
+        self,
+        *,
+        name: str | None = None,
+        status: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        owner: str | None = None,
+    ) -> asyncio.Future[tuple[list[ModelRecord], int]]:
+        """Newest first (by name, then highest version), filtered (``owner``: that user's
+        only); also the matching total."""
+        query = select(ModelRow)
+        if owner is not None:
+            query = query.where(ModelRow.owner == owner)
+        if name is not None:
+            query = query.where(ModelRow.name == name)
+        if status is not None:
+            query = query.where(ModelRow.status == status)
+        return self.db.submit(self._list_models, query, limit, offset)
 
-def list_models(
-    db: Database,
-    *,
-    name: str | None = None,
-    status: str | None = None,
-    limit: int = 100,
-    offset: int = 0,
-    owner: str | None = None,
-) -> tuple[list[ModelRecord], int]:
-    """Newest first (by name, then highest version), filtered (``owner``: that user's
-    only); also the matching total."""
-    query = select(ModelRow)
-    if owner is not None:
-        query = query.where(ModelRow.owner == owner)
-    if name is not None:
-        query = query.where(ModelRow.name == name)
-    if status is not None:
-        query = query.where(ModelRow.status == status)
-    with db.session() as session:
-        total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-        rows = session.scalars(
-            query.order_by(ModelRow.created_at.desc(), ModelRow.version.desc())
-            .limit(limit)
-            .offset(offset)
-        ).all()
-        return [_to_record(r) for r in rows], total
+    def _list_models(self, query: Any, limit: int, offset: int) -> tuple[list[ModelRecord], int]:
+        with self.db.session() as session:
+            total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+            rows = session.scalars(
+                query.order_by(ModelRow.created_at.desc(), ModelRow.version.desc())
+                .limit(limit)
+                .offset(offset)
+            ).all()
+            return [_to_record(r) for r in rows], total
 
+    def update_model(
+        self, model_id: str, changes: dict[str, Any]
+    ) -> asyncio.Future[ModelRecord | None]:
+        """Set some columns (status, description, metrics) and return the model, None if gone."""
+        return self.db.submit(self._update_model, model_id, changes)
 
-def update_model(db: Database, model_id: str, changes: dict[str, Any]) -> ModelRecord | None:
-    """Set some columns (status, description, metrics) and return the model, None if gone."""
-    with db.session() as session:
-        row = session.get(ModelRow, model_id)
-        if row is None:
-            return None
-        for key, value in changes.items():
-            setattr(row, key, value.value if isinstance(value, ModelStatus) else value)
-        session.flush()
-        return _to_record(row)
+    def _update_model(self, model_id: str, changes: dict[str, Any]) -> ModelRecord | None:
+        with self.db.session() as session:
+            row = session.get(ModelRow, model_id)
+            if row is None:
+                return None
+            for key, value in changes.items():
+                setattr(row, key, value.value if isinstance(value, ModelStatus) else value)
+            session.flush()
+            return _to_record(row)
 
+    def delete_model(self, model_id: str) -> asyncio.Future[bool]:
+        """True when there was such a model."""
+        return self.db.submit(self._delete_model, model_id)
 
-def delete_model(db: Database, model_id: str) -> bool:
-    with db.session() as session:
-        result = session.execute(delete(ModelRow).where(ModelRow.model_id == model_id))
-        return bool(result.rowcount)  # type: ignore[attr-defined]
+    def _delete_model(self, model_id: str) -> bool:
+        with self.db.session() as session:
+            result = session.execute(delete(ModelRow).where(ModelRow.model_id == model_id))
+            return bool(result.rowcount)  # type: ignore[attr-defined]
 
+    def model_stats(self) -> asyncio.Future[dict[str, Any]]:
+        return self.db.submit(self._model_stats)
 
-def model_stats(db: Database) -> dict[str, Any]:
-    with db.session() as session:
-        by_status = dict(
-            session.execute(select(ModelRow.status, func.count()).group_by(ModelRow.status)).all()
-        )
-    return {"by_status": by_status, "total": sum(by_status.values())}
+    def _model_stats(self) -> dict[str, Any]:
+        with self.db.session() as session:
+            by_status = dict(
+                session.execute(
+                    select(ModelRow.status, func.count()).group_by(ModelRow.status)
+                ).all()
+            )
+        return {"by_status": by_status, "total": sum(by_status.values())}

@@ -19,8 +19,7 @@ from vrungpu_gateway.engine.kernels.wire import (
     to_client,
 )
 from vrungpu_gateway.engine.runner import DetachedHandle, JobExit
-from vrungpu_gateway.engine.task import iso, utcnow
-from vrungpu_gateway.store.kernels import KernelRecord
+from vrungpu_gateway.records import KernelRecord, iso, utcnow
 
 log = logging.getLogger(__name__)
 

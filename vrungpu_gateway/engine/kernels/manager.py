@@ -33,11 +33,11 @@ from vrungpu_gateway.engine.kernels.process import KernelLauncher
 from vrungpu_gateway.engine.kernels.specs import Placement
 from vrungpu_gateway.engine.kernels.wire import KernelGone, KernelWire, Send
 from vrungpu_gateway.engine.manager import TaskManager
+from vrungpu_gateway.engine.repos import KernelStore
 from vrungpu_gateway.engine.runner import DetachedHandle, JobExit
 from vrungpu_gateway.engine.scheduler import Assignment, Request, Scheduler
-from vrungpu_gateway.engine.task import new_id, utcnow
 from vrungpu_gateway.engine.users import User
-from vrungpu_gateway.store.kernels import KernelRecord, KernelRepo, KernelState
+from vrungpu_gateway.records import KernelRecord, KernelState, new_id, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class KernelManager:
         tasks: TaskManager,
         scheduler: Scheduler,
         launcher: KernelLauncher,
-        repo: KernelRepo,
+        repo: KernelStore,
         holders: GpuHolders,
         settings: KernelSettings,
     ) -> None:

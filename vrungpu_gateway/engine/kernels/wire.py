@@ -30,7 +30,7 @@ import zmq.asyncio
 from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.jsonutil import json_default
 
-from vrungpu_gateway.engine.task import utcnow
+from vrungpu_gateway.records import utcnow
 
 log = logging.getLogger(__name__)
 
