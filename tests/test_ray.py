@@ -144,6 +144,8 @@ def test_gpus_are_the_clusters_listed_per_node(api: Api) -> None:
     assert [d["index"] for d in gpus["devices"]] == [0, 1]
     assert all(d["node_id"] and d["node_ip"] for d in gpus["devices"])
     assert api.get("/").json()["gpu_kind"] == "ray"
+    (node,) = api.get("/gpu/pool").json()["nodes"]  # the one node of the test cluster
+    assert node["gpus"] == [0, 1] and node["node_id"] == gpus["devices"][0]["node_id"]
 
 
 def test_run_sync_on_a_ray_actor_brings_its_files_back(api: Api) -> None:

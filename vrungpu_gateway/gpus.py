@@ -161,22 +161,35 @@ class RayGpus:
         self._ray = ray
         self.error: str | None = None
         self._count = int(ray.cluster_resources().get("GPU", 0))
+        self._nodes: list[dict[str, Any]] = []
+        self.sample(set())
 
     def indices(self) -> list[int]:
         return list(range(self._count))
 
+    def nodes(self) -> list[dict[str, Any]]:
+        """The cluster's nodes with GPUs and the scheduler's GPU indices on each, as of the
+        last sample (blocking Ray calls stay off the event loop)."""
+        return self._nodes
+
     def sample(self, busy: set[int]) -> list[GpuInfo]:
-        gpus: list[GpuInfo] = []
+        gpus: list[RayGpuInfo] = []
         nodes = [n for n in self._ray.nodes() if n.get("Alive")]
         for node in sorted(nodes, key=lambda n: n["NodeID"]):
             for local in range(int(node["Resources"].get("GPU", 0))):
-                if len(gpus) == self._count:
-                    return gpus
-                gpus.append(self._one(len(gpus), local, node))
-        return gpus
+                if len(gpus) < self._count:
+                    gpus.append(self._one(len(gpus), local, node))
+        per_node: dict[str, dict[str, Any]] = {}
+        for gpu in gpus:
+            entry = per_node.setdefault(
+                gpu.node_id, {"node_id": gpu.node_id, "node_ip": gpu.node_ip, "gpus": []}
+            )
+            entry["gpus"].append(gpu.index)
+        self._nodes = list(per_node.values())
+        return list(gpus)
 
     @staticmethod
-    def _one(index: int, local: int, node: dict[str, Any]) -> GpuInfo:
+    def _one(index: int, local: int, node: dict[str, Any]) -> RayGpuInfo:
         node_id, ip = node["NodeID"], node["NodeManagerAddress"]
         return RayGpuInfo(
             index=index,

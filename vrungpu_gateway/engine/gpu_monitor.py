@@ -92,7 +92,12 @@ class GpuMonitor:
         }
 
     def pool(self) -> dict[str, Any]:
-        return self.scheduler.snapshot().as_dict()
+        """The `/gpu/pool` body; on a cluster, also its nodes and the GPUs on each."""
+        pool = self.scheduler.snapshot().as_dict()
+        nodes = getattr(self.backend, "nodes", None)
+        if nodes is not None:
+            pool["nodes"] = nodes()
+        return pool
 
     def start(self) -> None:
         if self._timer is None:
