@@ -133,12 +133,12 @@ def _load(raw: dict[str, Any], url: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def fuzz_schemas(fuzz_gateway: GatewayProcess) -> tuple[Any, Any]:
-    """The served document, and its id-bearing operations with the ids of real records."""
+def fuzz_schemas(fuzz_gateway: GatewayProcess) -> tuple[Any, Any, dict[str, list[str]]]:
+    """The served document, its id-bearing operations with the ids of real records, the ids."""
     url = fuzz_gateway.url
     raw = requests.get(f"{url}/openapi.json", headers=AUTH, timeout=30).json()
-    seeded = _seeded(copy.deepcopy(raw), _records(Api(url, TOKEN)))
-    return _load(raw, url), _load(seeded, url)
+    ids = _records(Api(url, TOKEN))
+    return _load(raw, url), _load(_seeded(copy.deepcopy(raw), ids), url), ids
 
 
 def _fuzz(operation: Any, mode: GenerationMode = GenerationMode.POSITIVE) -> None:
@@ -172,6 +172,11 @@ def _fuzz(operation: Any, mode: GenerationMode = GenerationMode.POSITIVE) -> Non
         if mode is GenerationMode.POSITIVE:
             raise  # a documented operation always has a valid request
         # nothing about the request can be wrong (no parameters, no body)
+    except ValueError as exc:
+        # schemathesis 4.32 cannot always make a schema-violating multipart body with a file
+        # in it (raised while generating, before any request): nothing of ours was tested
+        if mode is GenerationMode.POSITIVE or "Unsupported type: 'Binary'" not in str(exc):
+            raise
 
 
 def _describe(exc: BaseException) -> str:
@@ -199,13 +204,19 @@ def _failures(schema: Any, modes: tuple[GenerationMode, ...], tag: str) -> tuple
     return count, failures
 
 
-def test_api_conforms_to_openapi(fuzz_schemas: tuple[Any, Any]) -> None:
+def test_api_conforms_to_openapi(
+    fuzz_gateway: GatewayProcess, fuzz_schemas: tuple[Any, Any, dict[str, list[str]]]
+) -> None:
     """Every operation; schemathesis.pytest.from_fixture does not work with pytest 9, so the
     operations are walked here and each runs its own bounded hypothesis test."""
-    served, seeded = fuzz_schemas
+    served, seeded, ids = fuzz_schemas
     both = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
-    # The real records first: the served run ends with kernels that hold GPUs for a while.
     seeded_count, seeded_failures = _failures(seeded, (GenerationMode.POSITIVE,), "real ids, ")
+    # The real kernel holds a GPU: gone before /run/sync asks for both (and waits for them).
+    # The served run ends with the kernel routes, whose kernels hold GPUs for a while.
+    api = Api(fuzz_gateway.url, TOKEN)
+    for kernel_id in ids["kernel_id"]:
+        assert api.delete(f"/api/kernels/{kernel_id}").status_code in (204, 404)  # 404: idle
     count, failures = _failures(served, both, "")
     assert count > 10 and seeded_count > 5
     assert not failures + seeded_failures, "\n\n".join(failures + seeded_failures)
