@@ -306,6 +306,25 @@ def test_save_model_registers_what_the_ray_job_left(api: Api) -> None:
     assert model["file_size"] == len(b"trained on ray")
 
 
+def test_kernels_and_inference_are_refused_with_one_line(api: Api) -> None:
+    """Local kernels and warm workers would take a cluster-wide GPU number on this host."""
+    answer = api.post("/api/kernels", json={"name": "vrungpu-1gpu"})
+    assert answer.status_code == 503, answer.text
+    body = answer.json()
+    assert body["code"] == "kernels_unavailable" and "--backend ray" in body["detail"]
+    assert "\n" not in body["detail"] and api.get("/api/kernels").json() == []
+    code = "open('model.pt', 'wb').write(b'weights')\n"
+    task = api.post(
+        "/run/sync", json={"code": code, "save_model": True, "model_name": "not-served"}
+    ).json()
+    answer = api.post(f"/model/{task['model_id']}/inference", json={"input_data": [1]})
+    assert answer.status_code == 503, answer.text
+    body = answer.json()
+    assert body["code"] == "inference_unavailable" and "--backend ray" in body["detail"]
+    assert "\n" not in body["detail"]
+    assert api.get("/gpu/pool").json()["available_gpus"] == [0, 1]  # nothing took a GPU
+
+
 # -- restart ----------------------------------------------------------------------------------
 def test_gateway_restart_adopts_a_running_ray_job(
     ray_gateway: GatewayProcess, api: Api, tmp_path: Path

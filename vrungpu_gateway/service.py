@@ -158,6 +158,7 @@ class Gateway:
             idle_timeout_s=config.worker_idle_timeout_s,
             grace_s=min(config.kill_grace_s, 5.0),
             job_user=isolation.user,
+            unavailable=_not_on_ray("model inference is") if ray else None,
         )
         tasks.pooled_runners[TaskType.INFERENCE] = workers
         kernels = cls._kernels(config, layout, db, tasks, local, holders)
@@ -206,6 +207,9 @@ class Gateway:
     ) -> KernelManager:
         if not isinstance(runner, DetachedRunner):
             raise ValueError("remote kernels run under the detached runner")
+        # the scheduler's slots are the cluster's GPUs: a local kernel could take a GPU that a
+        # Ray job holds, or one this host does not have
+        unavailable = _not_on_ray("remote kernels are") if config.backend == "ray" else None
         return KernelManager(
             tasks=tasks,
             scheduler=tasks.scheduler,
@@ -218,7 +222,8 @@ class Gateway:
                 idle_timeout_s=config.kernel_idle_timeout_s,
                 queue_timeout_s=config.kernel_queue_timeout_s,
                 max_kernels=config.max_kernels,
-                prespawn=config.prespawn_kernels,
+                prespawn=0 if unavailable else config.prespawn_kernels,
+                unavailable=unavailable,
             ),
         )
 
@@ -281,6 +286,10 @@ class Gateway:
             "models": models,
             "gpu": {"usage_count": usage, "current": self.scheduler.snapshot().as_dict()},
         }
+
+
+def _not_on_ray(what: str) -> str:
+    return f"{what} not available with --backend ray yet (a gateway with the local backend has it)"
 
 
 def _task_holder(tasks: TaskManager) -> HolderSource:

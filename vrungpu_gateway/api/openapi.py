@@ -290,7 +290,7 @@ INFERENCE_ANSWERS = {
         "description": "the task, started (with model_id)",
         "content": {"application/json": {"schema": _ref("TaskAccepted")}},
     },
-    **{str(code): ERROR for code in (400, 401, 404, 409)},
+    **{str(code): ERROR for code in (400, 401, 404, 409, 503)},
 }
 PATHS.update(
     {
@@ -356,7 +356,7 @@ PATHS.update(
                     "Predict with a ready model (202 with task_id; 200 with the task when sync)",
                     params=[MODEL_ID],
                     ok=202,
-                    errors=(400, 401, 404, 409),
+                    errors=(400, 401, 404, 409, 503),
                 ),
                 {"application/json": {"schema": _ref("InferenceRequest")}},
             )

@@ -29,6 +29,7 @@ from typing import Any
 
 from vrungpu_gateway.engine import jobuser
 from vrungpu_gateway.engine.environment import job_environment
+from vrungpu_gateway.engine.errors import Unavailable
 from vrungpu_gateway.engine.events import Event, EventBus
 from vrungpu_gateway.engine.jobuser import JobUser
 from vrungpu_gateway.engine.layout import DataLayout
@@ -170,10 +171,12 @@ class WorkerPool:
         idle_timeout_s: float,
         grace_s: float,
         job_user: JobUser | None = None,
+        unavailable: str | None = None,
     ) -> None:
         if max_warm < 1:
             raise ValueError("max_warm must be at least 1")
         self.job_user = job_user  # workers run the model's code as this user (None: ours)
+        self.unavailable = unavailable  # why no worker may start here (None: they may)
         self.tasks = tasks
         self.models = models
         self.layout = layout
@@ -188,6 +191,11 @@ class WorkerPool:
         self._background: set[asyncio.Task[None]] = set()
         tasks.completion_hooks.append(self._attach_result)
         bus.subscribe(self._on_event)
+
+    def check_available(self) -> None:
+        """Refuse inference (503 ``inference_unavailable``) where workers cannot run."""
+        if self.unavailable:
+            raise Unavailable(self.unavailable, code="inference_unavailable")
 
     # -- the Runner protocol ------------------------------------------------------------------
     async def start(self, spec: JobSpec, on_output: OutputCallback) -> JobHandle:
