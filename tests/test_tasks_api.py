@@ -88,6 +88,7 @@ BAD_RUN_REQUESTS = [
     ({"code": "1", "args": "notalist"}, "invalid_request"),
     ({"code": "1", "env": {"A": 1}}, "invalid_request"),
     ({"code": "1", "env": {"BAD NAME": "x"}}, "invalid_request"),
+    ({"code": "1", "env": {"NAME\n": "x"}}, "invalid_request"),
     ({"code": "1", "priority": 1.5}, "invalid_request"),
     ({"code": "1", "save_model": True}, "invalid_request"),
 ]

@@ -42,14 +42,14 @@ ALLOWED = frozenset(
 )
 ALLOWED_PREFIXES = ("LC_", "NVIDIA_", "NCCL_")
 RESERVED = frozenset({"CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "PYTHONUNBUFFERED"})
-NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def validate_user_env(env: Mapping[str, str]) -> dict[str, str]:
     """Check the variables a run request asks for; the VrunGPU ones cannot be overridden."""
     clean = {}
     for key, value in env.items():
-        if not NAME_RE.match(key):
+        if not NAME_RE.fullmatch(key):
             raise InvalidRequest(f"env: invalid variable name {key!r}")
         if key in RESERVED or key.startswith("VRUNGPU_"):
             raise InvalidRequest(f"env: {key} is set by the gateway and cannot be overridden")
