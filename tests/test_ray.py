@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.kernel_helpers import Channels, Executed, assert_kernel_gone, session_kernel
 from tests.support import Api, Gate, GatewayProcess, pid_alive, wait_for
 from tests.test_ws import Ws, is_end, subscribed_lines
 from vrungpu_gateway.engine.shim import truncation_notice
@@ -306,13 +307,58 @@ def test_save_model_registers_what_the_ray_job_left(api: Api) -> None:
     assert model["file_size"] == len(b"trained on ray")
 
 
-def test_kernels_and_inference_are_refused_with_one_line(api: Api) -> None:
-    """Local kernels and warm workers would take a cluster-wide GPU number on this host."""
-    answer = api.post("/api/kernels", json={"name": "vrungpu-1gpu"})
-    assert answer.status_code == 503, answer.text
-    body = answer.json()
-    assert body["code"] == "kernels_unavailable" and "--backend ray" in body["detail"]
-    assert "\n" not in body["detail"] and api.get("/api/kernels").json() == []
+async def test_a_kernel_runs_under_a_ray_actor_and_frees_its_gpu(
+    ray_gateway: GatewayProcess, api: Api
+) -> None:
+    """State across executes over the channels, the GPU Ray gave its actor, and DELETE ends the
+    process and gives the slot back."""
+    with session_kernel(api, "on-ray") as kernel:
+        assert api.get("/gpu/pool").json()["allocations"][kernel["id"]] == kernel["gpus"]
+        url = ray_gateway.url.replace("http", "ws", 1) + f"/api/kernels/{kernel['id']}/channels"
+        ch = await Channels.open(url, ray_gateway.token)
+        try:
+            assert (await ch.execute("x = 41")).status == "ok"
+            assert (await ch.execute("x + 1")).result() == "42"
+            shown = await ch.execute(
+                "import os; print(os.getpid(), os.environ['CUDA_VISIBLE_DEVICES'])"
+            )
+        finally:
+            await ch.close()
+        pid, cuda = shown.stdout.split()
+        assert cuda in ("0", "1") and pid_alive(int(pid))  # one of the head's two GPUs
+        assert f"kernel {kernel['id']}: Ray actor on node" in ray_gateway.log()
+        assert api.delete(f"/api/kernels/{kernel['id']}").status_code == 204
+    assert_kernel_gone(api, kernel)
+    wait_for(lambda: not pid_alive(int(pid)), 30, what="the kernel process to end")
+
+
+async def _execute(gw: GatewayProcess, kernel_id: str, code: str) -> Executed:
+    url = gw.url.replace("http", "ws", 1) + f"/api/kernels/{kernel_id}/channels"
+    ch = await Channels.open(url, gw.token)
+    try:
+        return await ch.execute(code)
+    finally:
+        await ch.close()
+
+
+async def test_gateway_restart_adopts_a_kernel_by_its_actor(ray_gateway: GatewayProcess) -> None:
+    started = ray_gateway.api.post("/api/kernels", json={"name": "vrungpu-1gpu"})
+    assert started.status_code == 201, started.text
+    kernel = started.json()
+    try:
+        assert (await _execute(ray_gateway, kernel["id"], "y = 7")).status == "ok"
+        ray_gateway.restart()
+        assert f"kernel {kernel['id']}: adopted its Ray actor" in ray_gateway.log()
+        pool = ray_gateway.api.get("/gpu/pool").json()
+        assert pool["allocations"][kernel["id"]] == kernel["gpus"]
+        assert (await _execute(ray_gateway, kernel["id"], "y * 6")).result() == "42"
+    finally:
+        ray_gateway.api.delete(f"/api/kernels/{kernel['id']}")
+    assert_kernel_gone(ray_gateway.api, kernel)
+
+
+def test_inference_is_refused_with_one_line(api: Api) -> None:
+    """Warm workers would take a cluster-wide GPU number on this host."""
     code = "open('model.pt', 'wb').write(b'weights')\n"
     task = api.post(
         "/run/sync", json={"code": code, "save_model": True, "model_name": "not-served"}

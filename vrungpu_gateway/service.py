@@ -6,6 +6,7 @@ Nothing here knows HTTP; ``app.py`` hands this object to the handlers.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -24,6 +25,7 @@ from vrungpu_gateway.engine.limits import RequestLimits
 from vrungpu_gateway.engine.manager import TaskManager
 from vrungpu_gateway.engine.metrics import GatewayMetrics, GatewayParts
 from vrungpu_gateway.engine.pyenvs import EnvCache, find_uv
+from vrungpu_gateway.engine.ray_kernels import RayKernelLauncher
 from vrungpu_gateway.engine.ray_runner import RayRunner, connect
 from vrungpu_gateway.engine.registry import ModelRegistry
 from vrungpu_gateway.engine.runner import Backend, DetachedRunner, Runner, WarmSpawner
@@ -161,7 +163,7 @@ class Gateway:
             unavailable=_not_on_ray("model inference is") if ray else None,
         )
         tasks.pooled_runners[TaskType.INFERENCE] = workers
-        kernels = cls._kernels(config, layout, db, tasks, local, holders)
+        kernels = cls._kernels(config, layout, db, tasks, local, holders, ray)
         holders.sources += [kernels.describe_holder, _worker_holder(workers), _task_holder(tasks)]
         models = ModelRegistry(
             repo=model_repo,
@@ -204,16 +206,18 @@ class Gateway:
         tasks: TaskManager,
         runner: Runner,
         holders: GpuHolders,
+        ray: Any = None,
     ) -> KernelManager:
         if not isinstance(runner, DetachedRunner):
             raise ValueError("remote kernels run under the detached runner")
-        # the scheduler's slots are the cluster's GPUs: a local kernel could take a GPU that a
-        # Ray job holds, or one this host does not have
-        unavailable = _not_on_ray("remote kernels are") if config.backend == "ray" else None
+        # with Ray the scheduler's slots are the cluster's GPUs: kernels run under Ray actors
+        launcher_class = (
+            KernelLauncher if ray is None else functools.partial(RayKernelLauncher, ray=ray)
+        )
         return KernelManager(
             tasks=tasks,
             scheduler=tasks.scheduler,
-            launcher=KernelLauncher(
+            launcher=launcher_class(
                 runner=runner, layout=layout, python=config.python, grace_s=config.kill_grace_s
             ),
             repo=KernelRepo(db),
@@ -222,8 +226,7 @@ class Gateway:
                 idle_timeout_s=config.kernel_idle_timeout_s,
                 queue_timeout_s=config.kernel_queue_timeout_s,
                 max_kernels=config.max_kernels,
-                prespawn=0 if unavailable else config.prespawn_kernels,
-                unavailable=unavailable,
+                prespawn=0 if ray is not None else config.prespawn_kernels,  # spares: local
             ),
         )
 

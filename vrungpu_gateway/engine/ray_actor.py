@@ -5,7 +5,8 @@ the gateway that started it). It needs only the standard library and ``ray`` on 
 unpacks the workspace zip into a temp dir, starts the job in a session of its own with the
 ``CUDA_VISIBLE_DEVICES`` Ray gave the actor, writes stdout and stderr to files beside it, and
 answers reads at byte offsets, the job's status, a kill (the group: SIGTERM, grace, SIGKILL)
-and the workspace as a zip for the gateway to fetch back.
+and the workspace as a zip for the gateway to fetch back. ``KernelActor`` does the same for a
+remote kernel (``engine/ray_kernels.py``): the kernel process, its connection file and signals.
 """
 
 from __future__ import annotations
@@ -144,6 +145,105 @@ class JobActor:
                 _signal_group(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class KernelActor:
+    """One kernel process on its node; the methods are safe from several threads."""
+
+    def __init__(self, kernel_id: str) -> None:
+        self.kernel_id = kernel_id
+        self.dir = Path(tempfile.mkdtemp(prefix=f"vrungpu-kernel-{kernel_id}-"))
+        self.workspace = self.dir / "workspace"
+        self.workspace.mkdir()
+        self.connection_file = self.dir / "kernel.json"
+        self.connection: dict[str, Any] | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+
+    def start(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """(Re)start the kernel process; its connection info (node ip, ports, key), or error."""
+        import ray
+        from jupyter_client.connect import write_connection_file
+
+        with self._lock:
+            if self.connection is None:  # ports stay the same across restarts
+                _, written = write_connection_file(
+                    str(self.connection_file),
+                    ip=ray.util.get_node_ip_address(),
+                    key=spec["key"].encode(),
+                    kernel_name=self.kernel_id,
+                )
+                self.connection = dict(written)
+            env = dict(spec["env"])
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(int(i)) for i in ray.get_gpu_ids())
+            env["VRUNGPU_WORKSPACE"] = str(self.workspace)
+            argv = [str(self.connection_file) if a == "{connection_file}" else a
+                    for a in spec["argv"]]  # fmt: skip
+            if not os.path.exists(argv[0]):  # the gateway's interpreter is not on this node
+                argv[0] = sys.executable
+            if not os.path.exists(argv[2]):  # nor its package: ipykernel's own launcher
+                argv[2:3] = ["-m", "ipykernel_launcher"]
+            try:
+                with open(self.dir / "stderr.log", "ab") as err:
+                    self.proc = subprocess.Popen(
+                        argv,
+                        cwd=self.workspace,
+                        env=env,
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.DEVNULL,
+                        stderr=err,
+                        start_new_session=True,
+                    )
+            except OSError as exc:
+                return {"error": str(exc)}
+            return {"connection": self.connection, **self.info()}
+
+    def info(self) -> dict[str, Any]:
+        import ray
+
+        return {
+            "pid": self.proc.pid if self.proc else None,
+            "alive": self.proc is not None and self.proc.poll() is None,
+            "node_id": ray.get_runtime_context().get_node_id(),
+        }
+
+    def poll(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def interrupt(self) -> bool:
+        if self.proc is None or self.proc.poll() is not None:
+            return False
+        try:
+            os.killpg(self.proc.pid, signal.SIGINT)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+
+    def kill(self, grace_s: float) -> int | None:
+        """SIGTERM to the kernel's group, SIGKILL after ``grace_s``; its exit code."""
+        proc = self.proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            _signal_group(proc.pid, signal.SIGTERM)
+            deadline = time.monotonic() + grace_s
+            while proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+        _signal_group(proc.pid, signal.SIGKILL)
+        return proc.wait()
+
+    def stderr_tail(self) -> str:
+        try:
+            data = (self.dir / "stderr.log").read_bytes()[-4096:]
+        except OSError:
+            return ""
+        lines = [line.strip() for line in data.decode(errors="replace").splitlines()]
+        return next((line for line in reversed(lines) if line), "")
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.kill(0.0)
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

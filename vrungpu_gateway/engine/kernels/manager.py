@@ -52,7 +52,6 @@ class KernelSettings:
     max_kernels: int = 8
     prespawn: int = 0
     start_timeout_s: float = 120.0  # a cold start may import torch on a slow disk
-    unavailable: str | None = None  # why no kernel may start here (None: they may)
 
 
 class KernelManager:
@@ -133,8 +132,6 @@ class KernelManager:
         return it): (model, created). Session names are per user."""
         placement = kernelspecs.placement_of(spec_name, gpu_count=self.gpu_count, gpu_id=gpu_id)
         user_env = validate_user_env(env or {})
-        if self.settings.unavailable:
-            raise Unavailable(self.settings.unavailable, code="kernels_unavailable")
         owner = user.name if user is not None else None
         found = self._by_session(session, owner)
         if found is not None:
@@ -475,7 +472,7 @@ class KernelManager:
                      kernel.id, record.session, record.gpu_ids or "-")  # fmt: skip
 
     async def _bury(self, record: KernelRecord, outcome: DetachedHandle | JobExit) -> None:
-        if isinstance(outcome, DetachedHandle):  # a spare of the previous run
+        if not isinstance(outcome, JobExit):  # a spare of the previous run
             await outcome.kill(grace_s=self.launcher.grace_s)
             await outcome.wait()
             reason = "spare of a previous gateway run: ended"
