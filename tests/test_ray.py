@@ -24,6 +24,7 @@ import pytest
 
 from tests.kernel_helpers import Channels, Executed, assert_kernel_gone, session_kernel
 from tests.support import Api, Gate, GatewayProcess, pid_alive, wait_for
+from tests.test_kernels import SLEEP_CELL, execute_after_error
 from tests.test_ws import Ws, is_end, subscribed_lines
 from vrungpu_gateway.engine.shim import truncation_notice
 
@@ -322,11 +323,22 @@ async def test_a_kernel_runs_under_a_ray_actor_and_frees_its_gpu(
             shown = await ch.execute(
                 "import os; print(os.getpid(), os.environ['CUDA_VISIBLE_DEVICES'])"
             )
+            sleeping = await ch.send("shell", "execute_request", {"code": SLEEP_CELL})
+            await ch.printed(sleeping, "sleeping")
+            assert api.post(f"/api/kernels/{kernel['id']}/interrupt").status_code == 204
+            assert (await ch.reply(sleeping))["content"]["ename"] == "KeyboardInterrupt"
+            assert (await execute_after_error(ch, "x")).result() == "41"
         finally:
             await ch.close()
         pid, cuda = shown.stdout.split()
         assert cuda in ("0", "1") and pid_alive(int(pid))  # one of the head's two GPUs
         assert f"kernel {kernel['id']}: Ray actor on node" in ray_gateway.log()
+        assert api.post(f"/api/kernels/{kernel['id']}/restart").status_code == 200
+        assert (await _execute(ray_gateway, kernel["id"], "'x' in globals()")).result() == "False"
+        wait_for(lambda: not pid_alive(int(pid)), 30, what="the first kernel process to end")
+        again = await _execute(ray_gateway, kernel["id"], "import os; print(os.getpid())")
+        pid = again.stdout.strip()
+        assert pid_alive(int(pid))  # the new process, under the same actor
         assert api.delete(f"/api/kernels/{kernel['id']}").status_code == 204
     assert_kernel_gone(api, kernel)
     wait_for(lambda: not pid_alive(int(pid)), 30, what="the kernel process to end")

@@ -84,6 +84,7 @@ class JobActor:
                     stdout=out,
                     stderr=err,
                     start_new_session=True,  # its own group: kill() ends all of it
+                    preexec_fn=_default_signals,  # SIGTERM must reach it (grace)
                 )
         except OSError as exc:
             return {"error": str(exc)}
@@ -193,6 +194,7 @@ class KernelActor:
                         stdout=subprocess.DEVNULL,
                         stderr=err,
                         start_new_session=True,
+                        preexec_fn=_default_signals,  # an interrupt must reach the kernel
                     )
             except OSError as exc:
                 return {"error": str(exc)}
@@ -244,6 +246,13 @@ class KernelActor:
         if self.proc is not None:
             self.kill(0.0)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _default_signals() -> None:
+    """In the child: the signals a Ray worker thread blocks or ignores, as a shell gives them."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
