@@ -125,16 +125,7 @@ class JobActor:
 
     def kill(self, grace_s: float) -> int | None:
         """SIGTERM to the job's group, SIGKILL after ``grace_s``; its exit code."""
-        proc = self.proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            _signal_group(proc.pid, signal.SIGTERM)
-            deadline = time.monotonic() + grace_s
-            while proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.05)
-        _signal_group(proc.pid, signal.SIGKILL)  # what the job left in its group too
-        return proc.wait()
+        return None if self.proc is None else end_group(self.proc, grace_s)
 
     def workspace_zip(self) -> bytes:
         return zip_dir(self.workspace)
@@ -223,16 +214,7 @@ class KernelActor:
 
     def kill(self, grace_s: float) -> int | None:
         """SIGTERM to the kernel's group, SIGKILL after ``grace_s``; its exit code."""
-        proc = self.proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            _signal_group(proc.pid, signal.SIGTERM)
-            deadline = time.monotonic() + grace_s
-            while proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.05)
-        _signal_group(proc.pid, signal.SIGKILL)
-        return proc.wait()
+        return None if self.proc is None else end_group(self.proc, grace_s)
 
     def stderr_tail(self) -> str:
         try:
@@ -243,9 +225,22 @@ class KernelActor:
         return next((line for line in reversed(lines) if line), "")
 
     def close(self) -> None:
+        """End the kernel's group at once and remove its files (the actor is killed next)."""
         if self.proc is not None:
             self.kill(0.0)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def end_group(proc: subprocess.Popen[bytes], grace_s: float) -> int:
+    """SIGTERM to the group ``proc`` leads, SIGKILL after ``grace_s`` (what it left in its
+    group too); its exit code."""
+    if proc.poll() is None:
+        _signal_group(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+    _signal_group(proc.pid, signal.SIGKILL)
+    return proc.wait()
 
 
 def _default_signals() -> None:
