@@ -55,14 +55,32 @@ def _ray(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]
 
 
 def _processes_under(marker: str) -> list[int]:
-    """Pids whose command line names ``marker`` (this head's temp dir)."""
-    found = []
+    """This head's processes: those whose command line names ``marker`` (its temp dir: GCS,
+    raylet, monitors), and their descendants (agents and workers rename themselves)."""
+    named: set[int] = set()
+    parent: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             with contextlib.suppress(OSError):
+                pid = int(entry.name)
                 if marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
-                    found.append(int(entry.name))
-    return found
+                    named.add(pid)
+                stat = (entry / "stat").read_text()
+                parent[pid] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, grown = set(named), True
+    while grown:
+        children = {pid for pid, ppid in parent.items() if ppid in found} - found
+        found |= children
+        grown = bool(children)
+    return sorted(found)
+
+
+def _stop_head(temp: str) -> None:
+    """Kill this head's processes by pid (never `ray stop`, which stops every Ray cluster on
+    the machine, a developer's own included)."""
+    for pid in _processes_under(temp):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 @contextlib.contextmanager
@@ -77,14 +95,11 @@ def ray_cluster() -> Iterator[str]:
             started = _ray("start", "--head", f"--port={port}", *args, f"--temp-dir={temp}")
             if started.returncode == 0:
                 break
-            _ray("stop", "--force")
+            _stop_head(temp)
         assert started.returncode == 0, started.stderr[-2000:]
         yield f"127.0.0.1:{port}"
     finally:
-        _ray("stop", "--force")
-        for pid in _processes_under(temp):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        _stop_head(temp)
         shutil.rmtree(temp, ignore_errors=True)
 
 
