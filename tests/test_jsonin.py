@@ -8,7 +8,7 @@ import json
 import pytest
 
 from vrungpu_gateway.api.jsonin import MAX_DEPTH, loads_strict, parse_object
-from vrungpu_gateway.engine.errors import InvalidRequest
+from vrungpu_gateway.errors import InvalidRequest
 
 
 def nested(levels: int) -> bytes:

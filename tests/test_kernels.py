@@ -15,9 +15,9 @@ import tornado.httpclient
 
 from tests.kernel_helpers import Channels, Executed
 from tests.support import Api, Gate, GatewayProcess, pid_alive, shim_pids, wait_for
-from vrungpu_gateway.engine.errors import InvalidRequest, NotFound
 from vrungpu_gateway.engine.kernels.specs import placement_of
 from vrungpu_gateway.engine.kernels.wire import BadMessage, from_client, to_client
+from vrungpu_gateway.errors import InvalidRequest, NotFound
 
 
 @pytest.fixture(scope="module")

@@ -27,9 +27,9 @@ from vrungpu_gateway.engine.archive import (
     checked_members,
     open_zip,
 )
-from vrungpu_gateway.engine.errors import TooLarge
 from vrungpu_gateway.engine.limits import RequestLimits
 from vrungpu_gateway.engine.progress import clip_message
+from vrungpu_gateway.errors import TooLarge
 
 SMALL = [
     "--max-body-mb",

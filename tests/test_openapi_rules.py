@@ -13,8 +13,8 @@ from referencing.jsonschema import DRAFT202012
 from vrungpu_gateway.api.openapi import build_spec
 from vrungpu_gateway.api.schemas import parse_task_spec
 from vrungpu_gateway.api.uploads import MultipartSink
-from vrungpu_gateway.engine.errors import InvalidRequest
 from vrungpu_gateway.engine.limits import RequestLimits
+from vrungpu_gateway.errors import InvalidRequest
 
 
 def _validator(spec: dict[str, Any], name: str) -> Draft202012Validator:

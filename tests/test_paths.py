@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from vrungpu_gateway.engine.errors import InvalidRequest
 from vrungpu_gateway.engine.paths import resolve_inside, safe_relative
+from vrungpu_gateway.errors import InvalidRequest
 
 
 @pytest.mark.parametrize("raw", ["../x", "a/../../x", "/etc/passwd", "C:/x", "", "a\x00b", "\\x"])

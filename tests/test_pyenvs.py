@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 
 from tests.support import Api, Gate, GatewayProcess, wait_for
-from vrungpu_gateway.engine.errors import InvalidRequest
 from vrungpu_gateway.engine.pyenvs import (
     last_error_line,
     normalize,
@@ -24,6 +23,7 @@ from vrungpu_gateway.engine.pyenvs import (
     requirement_name,
     validate_requirements,
 )
+from vrungpu_gateway.errors import InvalidRequest
 
 PKG = "vrtestpkg"  # a name no index has: the base environment lacks it
 USES_PKG = f"import sys, {PKG}\nprint('value', {PKG}.VALUE)\nprint('prefix', sys.prefix)\n"

@@ -13,7 +13,8 @@ from typing import Any
 import tornado.web
 
 from vrungpu_gateway.api.jsonin import parse_object
-from vrungpu_gateway.engine.errors import (
+from vrungpu_gateway.engine.users import User
+from vrungpu_gateway.errors import (
     Conflict,
     EngineError,
     InvalidRequest,
@@ -21,7 +22,6 @@ from vrungpu_gateway.engine.errors import (
     TooLarge,
     Unavailable,
 )
-from vrungpu_gateway.engine.users import User
 from vrungpu_gateway.service import Gateway
 
 log = logging.getLogger(__name__)

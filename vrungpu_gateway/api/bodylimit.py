@@ -18,7 +18,7 @@ from typing import Any
 import tornado.httputil
 import tornado.web
 
-from vrungpu_gateway.engine.errors import EngineError, TooLarge
+from vrungpu_gateway.errors import EngineError, TooLarge
 
 log = logging.getLogger(__name__)
 

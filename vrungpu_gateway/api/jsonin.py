@@ -10,7 +10,7 @@ import math
 import re
 from typing import Any
 
-from vrungpu_gateway.engine.errors import InvalidRequest
+from vrungpu_gateway.errors import InvalidRequest
 
 MAX_DEPTH = 64  # arrays and objects inside each other
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1  # what SQLite, numpy and every JSON peer can hold

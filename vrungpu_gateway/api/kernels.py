@@ -17,8 +17,8 @@ import tornado.websocket
 
 from vrungpu_gateway.api.base import BaseHandler
 from vrungpu_gateway.api.ws import WebSocketHandler
-from vrungpu_gateway.engine.errors import EngineError, InvalidRequest
 from vrungpu_gateway.engine.kernels.kernel import ClientLink
+from vrungpu_gateway.errors import EngineError, InvalidRequest
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from vrungpu_gateway.api.uploads import (
     feed_or_refuse,
     start_upload,
 )
-from vrungpu_gateway.engine.errors import InvalidRequest
 from vrungpu_gateway.engine.registry import ModelMeta
+from vrungpu_gateway.errors import InvalidRequest
 from vrungpu_gateway.records import ModelRecord, ModelStatus
 
 MODEL_ID = r"(?P<model_id>[A-Za-z0-9_.-]{1,64})"

@@ -17,8 +17,8 @@ from vrungpu_gateway.api.uploads import (
     start_upload,
 )
 from vrungpu_gateway.engine.archive import ZipLimits
-from vrungpu_gateway.engine.errors import InvalidRequest
 from vrungpu_gateway.engine.workspace import extract_project, place_script
+from vrungpu_gateway.errors import InvalidRequest
 
 UPLOAD_FIELDS = ("file", "model_file")
 

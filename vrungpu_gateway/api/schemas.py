@@ -10,9 +10,9 @@ import math
 from typing import Any
 
 from vrungpu_gateway.api.jsonin import loads_strict
-from vrungpu_gateway.engine.errors import InvalidRequest
 from vrungpu_gateway.engine.manager import TaskSpec
 from vrungpu_gateway.engine.pyenvs import parse_requirements_text, validate_requirements
+from vrungpu_gateway.errors import InvalidRequest
 from vrungpu_gateway.protocol import Device
 
 MAX_TIMEOUT_S = 7 * 24 * 3600

@@ -11,9 +11,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from vrungpu_gateway.api.base import BaseHandler
 from vrungpu_gateway.api.schemas import parse_code, parse_task_spec
 from vrungpu_gateway.engine import logs as logfiles
-from vrungpu_gateway.engine.errors import InvalidRequest, NotFound
 from vrungpu_gateway.engine.paths import resolve_inside
 from vrungpu_gateway.engine.workspace import list_files, write_code
+from vrungpu_gateway.errors import InvalidRequest, NotFound
 from vrungpu_gateway.protocol import STREAMS, Device, TaskStatus, TaskType
 
 TASK_ID = r"(?P<task_id>[A-Za-z0-9_.-]{1,64})"

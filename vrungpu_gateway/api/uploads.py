@@ -17,7 +17,7 @@ import tornado.web
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from vrungpu_gateway.api.bodylimit import declared_length, refuse
-from vrungpu_gateway.engine.errors import InvalidRequest, TooLarge
+from vrungpu_gateway.errors import InvalidRequest, TooLarge
 
 MAX_FIELD_BYTES = 64 * 1024
 MAX_FILES = 100  # file parts of one upload (each one a file in data/uploads)

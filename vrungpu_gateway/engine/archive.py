@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING
 
-from vrungpu_gateway.engine.errors import InvalidRequest, TooLarge
 from vrungpu_gateway.engine.paths import safe_relative
+from vrungpu_gateway.errors import InvalidRequest, TooLarge
 
 if TYPE_CHECKING:
     from vrungpu_gateway.config import GatewayConfig

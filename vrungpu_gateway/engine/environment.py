@@ -10,7 +10,7 @@ import os
 import re
 from collections.abc import Mapping
 
-from vrungpu_gateway.engine.errors import InvalidRequest
+from vrungpu_gateway.errors import InvalidRequest
 
 ALLOWED = frozenset(
     {

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from vrungpu_gateway.engine.errors import TooLarge
+from vrungpu_gateway.errors import TooLarge
 
 if TYPE_CHECKING:
     from vrungpu_gateway.config import GatewayConfig

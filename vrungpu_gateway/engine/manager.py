@@ -18,7 +18,6 @@ from typing import Any, cast
 from vrungpu_gateway import wire
 from vrungpu_gateway.engine import logs as logfiles
 from vrungpu_gateway.engine.environment import job_environment, validate_user_env
-from vrungpu_gateway.engine.errors import Conflict, InvalidRequest, NotFound
 from vrungpu_gateway.engine.events import EventBus
 from vrungpu_gateway.engine.layout import DataLayout
 from vrungpu_gateway.engine.limits import RequestLimits
@@ -40,6 +39,7 @@ from vrungpu_gateway.engine.supervisor import Outcome, Supervisor
 from vrungpu_gateway.engine.throttle import Throttle
 from vrungpu_gateway.engine.users import User
 from vrungpu_gateway.engine.workspace import remove_workspace
+from vrungpu_gateway.errors import Conflict, InvalidRequest, NotFound
 from vrungpu_gateway.protocol import Device, FailureReason, TaskStatus, TaskType
 from vrungpu_gateway.records import TaskRecord, new_id, utcnow
 

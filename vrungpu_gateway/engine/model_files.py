@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
 from vrungpu_gateway.engine.archive import Unpacker, ZipLimits, checked_members, open_zip
-from vrungpu_gateway.engine.errors import InvalidRequest
+from vrungpu_gateway.errors import InvalidRequest
 from vrungpu_gateway.records import BUILTIN_HANDLER, CUSTOM_HANDLER, ArtifactKind
 
 FRAMEWORKS = {

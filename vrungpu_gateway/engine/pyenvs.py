@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from vrungpu_gateway.engine.environment import ALLOWED
-from vrungpu_gateway.engine.errors import InvalidRequest
+from vrungpu_gateway.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
 

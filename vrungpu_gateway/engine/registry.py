@@ -23,7 +23,6 @@ from typing import Any
 
 from vrungpu_gateway import wire
 from vrungpu_gateway.engine.archive import ZipLimits
-from vrungpu_gateway.engine.errors import Conflict, InvalidRequest, NotFound
 from vrungpu_gateway.engine.events import EventBus
 from vrungpu_gateway.engine.layout import DataLayout
 from vrungpu_gateway.engine.manager import TaskManager, TaskSpec
@@ -43,6 +42,7 @@ from vrungpu_gateway.engine.repos import ModelStore
 from vrungpu_gateway.engine.users import ADMIN_NAME, User
 from vrungpu_gateway.engine.worker_process import write_input
 from vrungpu_gateway.engine.workers import WorkerPool
+from vrungpu_gateway.errors import Conflict, InvalidRequest, NotFound
 from vrungpu_gateway.protocol import TaskType
 from vrungpu_gateway.records import ArtifactKind, ModelRecord, ModelStatus, TaskRecord, new_model_id
 

@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from vrungpu_gateway.engine import logs as logfiles
-from vrungpu_gateway.engine.errors import NotFound
 from vrungpu_gateway.engine.users import User
+from vrungpu_gateway.errors import NotFound
 from vrungpu_gateway.protocol import STREAMS, TaskStatus
 
 log = logging.getLogger(__name__)

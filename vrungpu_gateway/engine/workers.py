@@ -29,7 +29,6 @@ from typing import Any
 
 from vrungpu_gateway.engine import jobuser
 from vrungpu_gateway.engine.environment import job_environment
-from vrungpu_gateway.engine.errors import Unavailable
 from vrungpu_gateway.engine.events import Event, EventBus
 from vrungpu_gateway.engine.jobuser import JobUser
 from vrungpu_gateway.engine.layout import DataLayout
@@ -46,6 +45,7 @@ from vrungpu_gateway.engine.worker_process import (
     read_result,
     say,
 )
+from vrungpu_gateway.errors import Unavailable
 from vrungpu_gateway.protocol import TaskType
 from vrungpu_gateway.records import ModelRecord, ModelStatus, TaskRecord, iso, utcnow
 

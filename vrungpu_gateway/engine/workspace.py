@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from vrungpu_gateway.engine.archive import Unpacker, ZipLimits, checked_members, open_zip
-from vrungpu_gateway.engine.errors import InvalidRequest
 from vrungpu_gateway.engine.paths import safe_relative
+from vrungpu_gateway.errors import InvalidRequest
 
 CODE_FILE = "main.py"
 

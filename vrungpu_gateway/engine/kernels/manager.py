@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from vrungpu_gateway.engine.environment import validate_user_env
-from vrungpu_gateway.engine.errors import Conflict, EngineError, NotFound, Unavailable
 from vrungpu_gateway.engine.gpu_monitor import GpuHolders
 from vrungpu_gateway.engine.kernels import specs as kernelspecs
 from vrungpu_gateway.engine.kernels.kernel import ClientLink, Kernel, Phase
@@ -37,6 +36,7 @@ from vrungpu_gateway.engine.repos import KernelStore
 from vrungpu_gateway.engine.runner import DetachedHandle, JobExit
 from vrungpu_gateway.engine.scheduler import Assignment, Request, Scheduler
 from vrungpu_gateway.engine.users import User
+from vrungpu_gateway.errors import Conflict, EngineError, NotFound, Unavailable
 from vrungpu_gateway.records import KernelRecord, KernelState, new_id, utcnow
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from vrungpu_gateway.engine.errors import InvalidRequest, NotFound
+from vrungpu_gateway.errors import InvalidRequest, NotFound
 
 LANGUAGE = "python"
 CPU_SPEC = "vrungpu-cpu"
