@@ -80,6 +80,16 @@ class LiveTask:
     preparing: asyncio.Future[Env | None] | None = None  # its environment being built
     updates: Throttle | None = None
     persist: Throttle | None = None
+    stop_requested: bool = False
+
+    def stop(self) -> None:
+        """End the task at whatever step it is: building its environment, between steps (the
+        flag is read before the job starts), or running."""
+        self.stop_requested = True
+        if self.supervisor is not None:
+            self.supervisor.cancel()
+        elif self.preparing is not None:
+            self.preparing.cancel()
 
 
 class TaskManager:
@@ -225,11 +235,15 @@ class TaskManager:
         live.updates = Throttle(UPDATE_INTERVAL_S, lambda: self._publish(record))
         live.persist = Throttle(PERSIST_INTERVAL_S, lambda: self._persist(record))
         prepared = await self._environment(live, adopted=adopted)
+        if live.stop_requested and not adopted and not isinstance(prepared, Outcome):
+            prepared = Outcome(None, FailureReason.CANCELLED, "Cancelled by request")
         if isinstance(prepared, Outcome):
             await self._complete(live, prepared)
             return
         supervisor = self._supervisor(live, assignment.gpu_ids, adopted=adopted, pyenv=prepared)
         live.supervisor = supervisor
+        if live.stop_requested:  # an adopted job runs already: the supervisor ends it
+            supervisor.cancel()
         try:
             outcome = await supervisor.run()
         except asyncio.CancelledError:  # the gateway stops and leaves the job running
@@ -538,10 +552,7 @@ class TaskManager:
             record.error = "Cancelled before it started"
             await self._finish(live, TaskStatus.CANCELLED)
             return record
-        if live.supervisor is not None:
-            live.supervisor.cancel()
-        elif live.preparing is not None:
-            live.preparing.cancel()
+        live.stop()
         await live.done.wait()
         return live.record
 
@@ -642,10 +653,7 @@ class TaskManager:
             await asyncio.gather(*live)
         elif on_stop == "kill":
             for live_task in self._live.values():
-                if live_task.supervisor is not None:
-                    live_task.supervisor.cancel()
-                elif live_task.preparing is not None:
-                    live_task.preparing.cancel()
+                live_task.stop()
         else:
             for job in self._jobs:
                 job.cancel()
