@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.kernel_helpers import Channels, Executed, assert_kernel_gone, session_kernel
+from tests.model_helpers import infer, register_plain, wait_no_workers, workers
 from tests.support import Api, Gate, GatewayProcess, pid_alive, wait_for
 from tests.test_kernels import SLEEP_CELL, execute_after_error
 from tests.test_ws import Ws, is_end, subscribed_lines
@@ -384,21 +385,44 @@ async def test_gateway_restart_adopts_a_kernel_by_its_actor(ray_gateway: Gateway
     assert_kernel_gone(ray_gateway.api, kernel)
 
 
-def test_inference_is_refused_with_one_line(api: Api) -> None:
-    """Warm workers would take a cluster-wide GPU number on this host."""
-    code = "open('model.pt', 'wb').write(b'weights')\n"
-    task = api.post(
-        "/run/sync", json={"code": code, "save_model": True, "model_name": "not-served"}
-    ).json()
-    answer = api.post(f"/model/{task['model_id']}/inference", json={"input_data": [1]})
-    assert answer.status_code == 503, answer.text
-    body = answer.json()
-    assert body["code"] == "inference_unavailable" and "--backend ray" in body["detail"]
-    assert "\n" not in body["detail"]
-    assert api.get("/gpu/pool").json()["available_gpus"] == [0, 1]  # nothing took a GPU
+def _parent_command(pid: int) -> str:
+    ppid = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+    return Path(f"/proc/{ppid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
 
 
-# -- restart ----------------------------------------------------------------------------------
+def test_inference_runs_on_a_warm_worker_under_a_ray_actor(api: Api) -> None:
+    """The model folder travels to the actor's node, the worker stays warm there, a crash
+    starts a new one, and deleting the model ends it and gives its GPU back."""
+    model_id = register_plain(api, "served-on-ray", scale=3.0)["model_id"]
+    first = infer(api, model_id, {"x": [1, 2]})
+    assert (first["status"], first["result"]["y"]) == ("completed", [3.0, 6.0]), first
+    pid = first["result"]["pid"]
+    assert "ModelWorkerActor" in _parent_command(pid)  # a Ray worker runs it, not the gateway
+    assert "scaling 2 values" in _stdout(api, first["task_id"])
+    warm = infer(api, model_id, {"x": [5]})
+    assert (warm["result"]["y"], warm["result"]["pid"]) == ([15.0], pid)
+    [worker] = workers(api)["workers"]
+    assert worker["model_id"] == model_id and worker["pid"] == pid and worker["gpu_ids"]
+
+    failed = infer(api, model_id, {"fail": "nope"})
+    assert failed["status"] == "failed" and "bad input: nope" in failed["error"], failed
+    crashed = infer(api, model_id, {"crash": True})
+    assert crashed["status"] == "failed" and "exited with code 3" in crashed["error"], crashed
+    wait_for(lambda: not pid_alive(pid), 20, what="the crashed worker to be gone")
+    again = infer(api, model_id, {"x": [1]})
+    assert again["result"]["y"] == [3.0] and again["result"]["pid"] != pid
+
+    assert api.delete(f"/model/{model_id}").status_code in (200, 204)
+    wait_no_workers(api)
+    wait_for(lambda: not pid_alive(again["result"]["pid"]), 20, what="the worker to end")
+    pool = wait_for(
+        lambda: (p := api.get("/gpu/pool").json())["available_gpus"] == [0, 1] and p,
+        20,
+        what="the worker's GPU to come back",
+    )
+    assert pool["available_gpus"] == [0, 1]
+
+
 def test_gateway_restart_adopts_a_running_ray_job(
     ray_gateway: GatewayProcess, api: Api, tmp_path: Path
 ) -> None:

@@ -27,11 +27,13 @@ from vrungpu_gateway.engine.metrics import GatewayMetrics, GatewayParts
 from vrungpu_gateway.engine.pyenvs import EnvCache, find_uv
 from vrungpu_gateway.engine.ray_kernels import RayKernelLauncher
 from vrungpu_gateway.engine.ray_runner import RayRunner, connect
+from vrungpu_gateway.engine.ray_workers import RayWorkers
 from vrungpu_gateway.engine.registry import ModelRegistry
 from vrungpu_gateway.engine.runner import Backend, DetachedRunner, Runner, WarmSpawner
 from vrungpu_gateway.engine.scheduler import Scheduler
 from vrungpu_gateway.engine.stream_hub import StreamHub
 from vrungpu_gateway.engine.users import UserBook, read_users_file
+from vrungpu_gateway.engine.worker_process import WorkerProcess
 from vrungpu_gateway.engine.workers import WorkerPool
 from vrungpu_gateway.gpus import GpuBackend, RayGpus, parse_gpu_spec
 from vrungpu_gateway.protocol import TaskType
@@ -160,7 +162,7 @@ class Gateway:
             idle_timeout_s=config.worker_idle_timeout_s,
             grace_s=min(config.kill_grace_s, 5.0),
             job_user=isolation.user,
-            unavailable=_not_on_ray("model inference is") if ray else None,
+            spawn=RayWorkers(ray).spawn if ray else WorkerProcess.spawn,
         )
         tasks.pooled_runners[TaskType.INFERENCE] = workers
         kernels = cls._kernels(config, layout, db, tasks, local, holders, ray)
@@ -289,10 +291,6 @@ class Gateway:
             "models": models,
             "gpu": {"usage_count": usage, "current": self.scheduler.snapshot().as_dict()},
         }
-
-
-def _not_on_ray(what: str) -> str:
-    return f"{what} not available with --backend ray yet (a gateway with the local backend has it)"
 
 
 def _task_holder(tasks: TaskManager) -> HolderSource:

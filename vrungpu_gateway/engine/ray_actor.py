@@ -6,16 +6,19 @@ unpacks the workspace zip into a temp dir, starts the job in a session of its ow
 ``CUDA_VISIBLE_DEVICES`` Ray gave the actor, writes stdout and stderr to files beside it, and
 answers reads at byte offsets, the job's status, a kill (the group: SIGTERM, grace, SIGKILL)
 and the workspace as a zip for the gateway to fetch back. ``KernelActor`` does the same for a
-remote kernel (``engine/ray_kernels.py``): the kernel process, its connection file and signals.
+remote kernel (``engine/ray_kernels.py``): the kernel process, its connection file and signals;
+``ModelWorkerActor`` for a warm model worker (``engine/ray_workers.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -228,6 +231,125 @@ class KernelActor:
         """End the kernel's group at once and remove its files (the actor is killed next)."""
         if self.proc is not None:
             self.kill(0.0)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class ModelWorkerActor:
+    """One warm model worker (``engine/worker_main.py``) on its node: the model folder comes
+    as a zip, each request's input as bytes, and its result goes back as bytes. The worker
+    speaks its JSON lines to this actor over a socket pair as it would to the gateway."""
+
+    def __init__(self, worker_id: str) -> None:
+        self.worker_id = worker_id
+        self.dir = Path(tempfile.mkdtemp(prefix=f"vrungpu-{worker_id}-"))
+        self.model_dir = self.dir / "model"
+        self.requests = self.dir / "requests"
+        self.log = self.dir / "worker.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._sock: socket.socket | None = None
+        self._reader: Any = None
+        self._lock = threading.Lock()  # one request at a time on the socket
+
+    def start(self, spec: dict[str, Any], model_zip: bytes) -> dict[str, Any]:
+        """Unpack the model and start its worker; its pid and node, or an ``error``."""
+        import ray
+
+        from vrungpu_gateway.engine import worker_main
+
+        unzip_into(model_zip, self.model_dir)
+        self.requests.mkdir()
+        env = dict(spec["env"])
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(int(i)) for i in ray.get_gpu_ids())
+        env["VRUNGPU_WORKSPACE"] = str(self.model_dir)
+        python = spec["python"] if os.path.exists(spec["python"]) else sys.executable
+        parent, child = socket.socketpair()
+        try:
+            with open(self.log, "ab") as log:
+                self.proc = subprocess.Popen(
+                    [python, "-u", worker_main.__file__, "--fd", str(child.fileno()),
+                     "--model-dir", str(self.model_dir), "--artifact", spec["artifact"]],
+                    cwd=self.model_dir,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    pass_fds=(child.fileno(),),
+                    preexec_fn=_default_signals,
+                )  # fmt: skip
+        except OSError as exc:
+            parent.close()
+            return {"error": str(exc)}
+        finally:
+            child.close()
+        self._sock, self._reader = parent, parent.makefile("rb")
+        return {"pid": self.proc.pid, "node_id": ray.get_runtime_context().get_node_id()}
+
+    def handshake(self) -> dict[str, Any] | None:
+        """The worker's first message (``ready`` or ``load_error``); None: it ended."""
+        return self._receive()
+
+    def predict(self, request_id: str, input_json: bytes) -> tuple[dict[str, Any] | None, bytes]:
+        """One request: the worker's reply (None: it ended) and the result file's bytes."""
+        with self._lock:
+            folder = self.requests / request_id
+            folder.mkdir()
+            try:
+                (folder / "input.json").write_bytes(input_json)
+                message = {
+                    "id": request_id,
+                    "input": str(folder / "input.json"),
+                    "output": str(folder / "result.json"),
+                }
+                try:
+                    assert self._sock is not None
+                    self._sock.sendall(json.dumps(message).encode() + b"\n")
+                except OSError:
+                    return None, b""
+                reply = self._receive()
+                result = folder / "result.json"
+                return reply, result.read_bytes() if result.exists() else b""
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def _receive(self) -> dict[str, Any] | None:
+        try:
+            line = self._reader.readline()
+            return json.loads(line) if line else None
+        except (OSError, ValueError):
+            return None
+
+    def exit_detail(self) -> tuple[int | None, str]:
+        """The worker's exit code (None: it runs) and the last line of its log."""
+        code = None
+        if self.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                code = self.proc.wait(timeout=2.0)
+        try:
+            tail = self.log.read_bytes()[-4096:].decode(errors="replace").strip().splitlines()
+        except OSError:
+            tail = []
+        return code, (tail[-1].strip()[:500] if tail else "")
+
+    def stop(self, grace_s: float, kill: bool) -> int | None:
+        """EOF first (the worker exits between requests), or SIGTERM at once if ``kill``;
+        SIGKILL after ``grace_s``: its exit code."""
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_WR)
+        if self.proc is None:
+            return None
+        if not kill:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=grace_s)
+        return end_group(self.proc, grace_s)
+
+    def close(self) -> None:
+        """End what is left of the worker and remove its files (the actor is killed next)."""
+        if self.proc is not None:
+            end_group(self.proc, 0.0)
+        if self._sock is not None:
+            self._sock.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -13,11 +13,11 @@ Our scheduler stays in front of Ray as the admission control (its GPU slots are 
 GPUs); Ray picks which physical GPU, so a task's ``gpu_ids`` are slots, and the job's
 ``CUDA_VISIBLE_DEVICES`` is what Ray gave its actor.
 
-Remote kernels run under Ray actors too (``engine/ray_kernels.py``). Not on Ray (yet): the warm
-model workers (inference is refused with 503 ``inference_unavailable``); ``--job-user`` does
-not apply (a job runs as its Ray worker); a job's own environment
-(requirements) is built on the gateway's host and used only where that path exists on the
-node; a node's copy of a job's output is not capped (the gateway's copy is, --max-log-mb).
+Remote kernels and warm model workers run under Ray actors too (``engine/ray_kernels.py``,
+``engine/ray_workers.py``). Not on Ray (yet): ``--job-user`` does not apply (a job runs as
+its Ray worker); a job's own environment (requirements) is built on the gateway's host and used
+only where that path exists on the node; a node's copy of a job's output is not capped (the
+gateway's copy is, --max-log-mb).
 """
 
 from __future__ import annotations

@@ -310,7 +310,6 @@ class ModelRegistry:
         """Queue an inference task (owned by ``user``) for a ready model; its input is
         written as a JSON file."""
         model = await self.get(model_id, user=user)
-        self.pool.check_available()
         if model.status is not ModelStatus.READY:
             raise Conflict(
                 f"model {model_id} is {model.status.value}; only ready models serve inference",

@@ -14,7 +14,7 @@ import logging
 import signal
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from vrungpu_gateway.engine import worker_main
 from vrungpu_gateway.engine.jobuser import JobUser
@@ -33,6 +33,33 @@ MAX_INLINE_RESULT_BYTES = 16 * 2**20
 
 class WorkerGone(Exception):
     """The worker process ended, or its socket broke; the message says how."""
+
+
+class ModelProcess(Protocol):
+    """A warm model worker as the pool drives it: a local process or one on a Ray node."""
+
+    pid: int
+
+    async def handshake(self) -> dict[str, Any]: ...
+
+    async def request(self, message: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def stop(self, *, grace_s: float, kill: bool) -> int | None: ...
+
+
+class SpawnWorker(Protocol):
+    """How the pool starts a worker (``WorkerProcess.spawn`` or ``RayWorkers.spawn``)."""
+
+    async def __call__(
+        self,
+        *,
+        python: str,
+        model_dir: Path,
+        artifact: str,
+        env: dict[str, str],
+        log_path: Path,
+        user: JobUser | None = None,
+    ) -> ModelProcess: ...
 
 
 class WorkerProcess:
@@ -143,6 +170,7 @@ class WorkerProcess:
         signal_group(self.pid, signal.SIGKILL)  # whatever is left in its group
         code = await self._proc.wait()
         log.info("worker pid %s: exited with %s", self.pid, code)
+        await asyncio.to_thread(self.log_path.unlink, missing_ok=True)
         return code
 
 

@@ -39,13 +39,14 @@ from vrungpu_gateway.engine.scheduler import Assignment, Request
 from vrungpu_gateway.engine.worker_process import (
     INPUT_FILE,
     RESULT_FILE,
+    ModelProcess,
+    SpawnWorker,
     WorkerGone,
     WorkerProcess,
     forward_output,
     read_result,
     say,
 )
-from vrungpu_gateway.errors import Unavailable
 from vrungpu_gateway.protocol import TaskType
 from vrungpu_gateway.records import ModelRecord, ModelStatus, TaskRecord, iso, utcnow
 
@@ -85,7 +86,7 @@ class Worker:
     priority: int
     state: WorkerState = WorkerState.STARTING
     gpu_ids: tuple[int, ...] = ()
-    process: WorkerProcess | None = None
+    process: ModelProcess | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     users: int = 0  # requests holding or waiting for the lock
     requests: int = 0
@@ -171,12 +172,12 @@ class WorkerPool:
         idle_timeout_s: float,
         grace_s: float,
         job_user: JobUser | None = None,
-        unavailable: str | None = None,
+        spawn: SpawnWorker = WorkerProcess.spawn,
     ) -> None:
         if max_warm < 1:
             raise ValueError("max_warm must be at least 1")
         self.job_user = job_user  # workers run the model's code as this user (None: ours)
-        self.unavailable = unavailable  # why no worker may start here (None: they may)
+        self.spawn = spawn  # a local process, or one under a Ray actor
         self.tasks = tasks
         self.models = models
         self.layout = layout
@@ -191,11 +192,6 @@ class WorkerPool:
         self._background: set[asyncio.Task[None]] = set()
         tasks.completion_hooks.append(self._attach_result)
         bus.subscribe(self._on_event)
-
-    def check_available(self) -> None:
-        """Refuse inference (503 ``inference_unavailable``) where workers cannot run."""
-        if self.unavailable:
-            raise Unavailable(self.unavailable, code="inference_unavailable")
 
     # -- the Runner protocol ------------------------------------------------------------------
     async def start(self, spec: JobSpec, on_output: OutputCallback) -> JobHandle:
@@ -321,7 +317,7 @@ class WorkerPool:
         env = jobuser.environment(env, self.job_user, str(model_dir))
         await asyncio.to_thread(jobuser.share_read, model_dir, self.job_user)
         log_path = self.layout.logs / f"{worker.worker_id}.log"
-        process = await WorkerProcess.spawn(
+        process = await self.spawn(
             python=self.tasks.python,
             model_dir=model_dir,
             artifact=artifact,
@@ -332,7 +328,6 @@ class WorkerPool:
         self.starts += 1
         if worker.state is WorkerState.STOPPING:  # stopped while it spawned: end it here
             await process.stop(grace_s=self.grace_s, kill=True)
-            await asyncio.to_thread(log_path.unlink, missing_ok=True)
             self._check_alive(worker)
         worker.process = process
         log.info("%s: pid %s, model %s", worker.worker_id, process.pid, worker.model_id)
@@ -458,7 +453,6 @@ class WorkerPool:
         try:
             if worker.process is not None:
                 await worker.process.stop(grace_s=self.grace_s, kill=kill)
-                await asyncio.to_thread(worker.process.log_path.unlink, missing_ok=True)
         finally:
             if worker.holds_slot:
                 worker.holds_slot = False
