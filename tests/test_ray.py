@@ -411,6 +411,11 @@ def test_inference_runs_on_a_warm_worker_under_a_ray_actor(api: Api) -> None:
     wait_for(lambda: not pid_alive(pid), 20, what="the crashed worker to be gone")
     again = infer(api, model_id, {"x": [1]})
     assert again["result"]["y"] == [3.0] and again["result"]["pid"] != pid
+    slow = infer(api, model_id, {"sleep": 60}, timeout=1)  # the worker is stopped mid-predict
+    assert (slow["status"], slow["failure_reason"]) == ("failed", "timeout"), slow
+    wait_for(lambda: not pid_alive(again["result"]["pid"]), 20, what="the timed-out worker")
+    again = infer(api, model_id, {"x": [2]})
+    assert again["result"]["y"] == [6.0]
 
     assert api.delete(f"/model/{model_id}").status_code in (200, 204)
     wait_no_workers(api)
