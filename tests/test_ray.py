@@ -85,19 +85,25 @@ def _stop_head(temp: str) -> None:
 
 
 @contextlib.contextmanager
-def ray_cluster() -> Iterator[str]:
-    """A Ray head on a free port with 2 GPUs and 4 CPUs declared (its address); always stopped
-    after, with whatever it left behind."""
+def ray_cluster(gpus_per_node: tuple[int, ...] = (2,)) -> Iterator[str]:
+    """A Ray head on a free port (its address), with 2 GPUs and 4 CPUs declared by default;
+    each further entry of ``gpus_per_node`` is one more node on this machine, joined to the
+    head (its processes share the head's temp dir). Always stopped after, with whatever it left
+    behind."""
     port = _free_port()
     temp = tempfile.mkdtemp(prefix="vr-ray-")  # short: Ray's socket paths must fit 107 bytes
-    args = ["--num-gpus=2", "--num-cpus=4", "--include-dashboard=false", "--disable-usage-stats"]
+    args = ["--num-cpus=4", "--disable-usage-stats"]
+    head = [f"--num-gpus={gpus_per_node[0]}", "--include-dashboard=false", f"--temp-dir={temp}"]
     try:
         for _ in range(3):  # Ray gives its raylet 30 s: a loaded machine may need more tries
-            started = _ray("start", "--head", f"--port={port}", *args, f"--temp-dir={temp}")
+            started = _ray("start", "--head", f"--port={port}", *head, *args)
             if started.returncode == 0:
                 break
             _stop_head(temp)
         assert started.returncode == 0, started.stderr[-2000:]
+        for gpus in gpus_per_node[1:]:
+            joined = _ray("start", f"--address=127.0.0.1:{port}", f"--num-gpus={gpus}", *args)
+            assert joined.returncode == 0, joined.stderr[-2000:]
         yield f"127.0.0.1:{port}"
     finally:
         _stop_head(temp)
