@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -110,3 +112,12 @@ def make_gate(tmp_path: Path) -> Iterator[Callable[[], Gate]]:
 @pytest.fixture
 def gate(make_gate: Callable[[], Gate]) -> Gate:
     return make_gate()
+
+
+@pytest.fixture
+def open_base() -> Iterator[Path]:
+    """A folder the job user may pass through (pytest's own tmp is 0700 root)."""
+    base = Path(tempfile.mkdtemp(prefix="vrungpu-jobuser-"))
+    base.chmod(0o711)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)

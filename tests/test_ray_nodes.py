@@ -5,6 +5,7 @@ pool lists each node with its GPU."""
 
 from __future__ import annotations
 
+import pwd
 import re
 import sys
 from collections.abc import Iterator
@@ -14,23 +15,34 @@ import pytest
 
 from tests.support import Api, Gate, GatewayProcess, wait_for
 from tests.test_ray import RAY_CLI, RAY_ENV, ray_cluster
+from tests.test_secrets import (
+    SYSTEM_PYTHON,
+    needs_readable_checkout,
+    needs_root,
+    needs_system_python,
+)
 
 pytest.importorskip("ray", reason="--backend ray needs the ray package (the ray extra)")
 pytestmark = pytest.mark.slow  # two raylets start in 10-60 s
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+def cluster() -> Iterator[str]:
     if not RAY_CLI.exists():
         pytest.skip(f"the ray command is not installed beside {sys.executable}")
     with ray_cluster(gpus_per_node=(1, 1)) as address:
-        gw = GatewayProcess(
-            tmp_path_factory.mktemp("ray-nodes"),
-            extra=["--backend", "ray", "--ray-address", address],
-            env=RAY_ENV,
-        )
-        yield gw.start()
-        gw.stop()
+        yield address
+
+
+@pytest.fixture(scope="module")
+def gateway(cluster: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    gw = GatewayProcess(
+        tmp_path_factory.mktemp("ray-nodes"),
+        extra=["--backend", "ray", "--ray-address", cluster],
+        env=RAY_ENV,
+    )
+    yield gw.start()
+    gw.stop()
 
 
 @pytest.fixture
@@ -79,3 +91,73 @@ def test_more_gpus_than_any_node_has_fail_at_once(api: Api) -> None:
     assert task["status"] == "failed" and task["failure_reason"] == "spawn_error", task
     assert "no Ray node has 2 GPUs (the most on one node: 1)" in task["error"]
     assert api.get("/gpu/pool").json()["available_gpus"] == [0, 1]
+
+
+# -- --job-user on the nodes (a root gateway, Ray workers as root) ---------------------------
+WHO_AM_I_JOB = """
+import os, sys
+try:
+    open(sys.argv[1]).read()
+    token = "read"
+except OSError as exc:
+    token = type(exc).__name__
+open("mine.txt", "w").write("written on the node")
+print(os.getuid(), os.environ["USER"], token)
+"""
+
+WHO_AM_I_HANDLER = """
+import os
+
+def load(model_dir):
+    return model_dir
+
+def predict(model, data):
+    try:
+        open(os.path.join(model, "handler.py"), "a").close()
+        change = "done"
+    except OSError as exc:
+        change = type(exc).__name__
+    return {"uid": os.getuid(), "change model": change}
+"""
+
+
+@needs_root
+@needs_system_python
+@needs_readable_checkout
+def test_jobs_and_model_workers_run_as_the_job_user_on_the_nodes(
+    cluster: str, open_base: Path
+) -> None:
+    gw = GatewayProcess(
+        open_base / "data",
+        token="",
+        extra=[
+            "--backend",
+            "ray",
+            "--ray-address",
+            cluster,
+            "--python",
+            SYSTEM_PYTHON,
+            "--job-user",
+            "nobody",
+        ],  # fmt: skip
+        env=RAY_ENV,
+    ).start()
+    try:
+        nobody = pwd.getpwnam("nobody").pw_uid
+        token = str(gw.data_dir / "token")
+        task = gw.api.post("/run/sync", json={"code": WHO_AM_I_JOB, "args": [token]}).json()
+        assert task["status"] == "completed", task
+        assert task["stdout"].split() == [str(nobody), "nobody", "PermissionError"]
+        got = gw.api.get(f"/task/{task['task_id']}/files/mine.txt")
+        assert got.status_code == 200 and got.text == "written on the node"
+
+        files = [("model_file", ("w.txt", b"1")), ("files", ("handler.py", WHO_AM_I_HANDLER))]
+        model = gw.api.post("/model/register", files=files, data={"name": "who"}).json()
+        res = gw.api.post(
+            f"/model/{model['model_id']}/inference", json={"input_data": {}, "sync": True}
+        )
+        assert res.status_code == 200 and res.json()["status"] == "completed", res.text
+        assert res.json()["result"] == {"uid": nobody, "change model": "PermissionError"}
+        assert gw.api.delete(f"/model/{model['model_id']}").status_code == 200
+    finally:
+        gw.stop()

@@ -9,12 +9,10 @@ import json
 import logging
 import os
 import pwd
-import shutil
 import socket
 import stat
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -223,15 +221,6 @@ needs_readable_checkout = pytest.mark.skipif(
     not _others_can_read(REPO / "vrungpu_gateway" / "engine" / "jobuser.py"),
     reason="the checkout is not readable by other users (a folder above it is closed)",
 )
-
-
-@pytest.fixture
-def open_base() -> Iterator[Path]:
-    """A folder the job user may pass through (pytest's own tmp is 0700 root)."""
-    base = Path(tempfile.mkdtemp(prefix="vrungpu-jobuser-"))
-    base.chmod(0o711)
-    yield base
-    shutil.rmtree(base, ignore_errors=True)
 
 
 PRYING_JOB = """

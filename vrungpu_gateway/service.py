@@ -134,6 +134,7 @@ class Gateway:
                 workspace_of=layout.workspace,
                 logs_dir=layout.logs,
                 max_log_bytes=int(config.max_log_mb * 2**20),
+                job_user=isolation.user,
             )
         runner = runner or local
         envs = EnvCache(

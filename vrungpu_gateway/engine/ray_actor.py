@@ -1,12 +1,13 @@
 """One job on a Ray node: the actor that unpacks its workspace, runs it and serves its output.
 
 ``JobActor`` is made a Ray actor by ``engine/ray_runner.py`` (detached and named, so it outlives
-the gateway that started it). It needs only the standard library and ``ray`` on the node: it
-unpacks the workspace zip into a temp dir, starts the job in a session of its own with the
-``CUDA_VISIBLE_DEVICES`` Ray gave the actor, writes stdout and stderr to files beside it, and
-answers reads at byte offsets, the job's status, a kill (the group: SIGTERM, grace, SIGKILL)
-and the workspace as a zip for the gateway to fetch back. ``KernelActor`` does the same for a
-remote kernel (``engine/ray_kernels.py``): the kernel process, its connection file and signals;
+the gateway that started it). It needs ``ray`` and this package on the node: it unpacks the
+workspace zip into a temp dir, starts the job in a session of its own (as the gateway's
+``--job-user`` where the Ray worker is root) with the ``CUDA_VISIBLE_DEVICES`` Ray gave the
+actor, writes stdout and stderr to files beside it, and answers reads at byte offsets, the
+job's status, a kill (the group: SIGTERM, grace, SIGKILL) and the workspace as a zip for the
+gateway to fetch back. ``KernelActor`` does the same for a remote kernel
+(``engine/ray_kernels.py``): the kernel process, its connection file and signals;
 ``ModelWorkerActor`` for a warm model worker (``engine/ray_workers.py``).
 """
 
@@ -27,6 +28,8 @@ import time
 import zipfile
 from pathlib import Path
 from typing import Any
+
+from vrungpu_gateway.engine import jobuser
 
 STREAMS = ("stdout", "stderr")
 
@@ -75,6 +78,10 @@ class JobActor:
         if not os.path.exists(argv[0]):  # the gateway's interpreter is not on this node
             argv[0] = sys.executable
         try:
+            user, env = as_job_user(spec.get("user"), self.dir, self.workspace, env)
+        except ValueError as exc:
+            return {"error": str(exc)}
+        try:
             with (
                 open(self._log(STREAMS[0]), "ab") as out,
                 open(self._log(STREAMS[1]), "ab") as err,
@@ -88,6 +95,7 @@ class JobActor:
                     stderr=err,
                     start_new_session=True,  # its own group: kill() ends all of it
                     preexec_fn=_default_signals,  # SIGTERM must reach it (grace)
+                    **popen_user(user),
                 )
         except OSError as exc:
             return {"error": str(exc)}
@@ -179,6 +187,12 @@ class KernelActor:
             if not os.path.exists(argv[2]):  # nor its package: ipykernel's own launcher
                 argv[2:3] = ["-m", "ipykernel_launcher"]
             try:
+                user, env = as_job_user(spec.get("user"), self.dir, self.workspace, env)
+                if user is not None:  # the kernel reads its connection file
+                    os.chown(self.connection_file, user.uid, user.gid)
+            except ValueError as exc:
+                return {"error": str(exc)}
+            try:
                 with open(self.dir / "stderr.log", "ab") as err:
                     self.proc = subprocess.Popen(
                         argv,
@@ -189,6 +203,7 @@ class KernelActor:
                         stderr=err,
                         start_new_session=True,
                         preexec_fn=_default_signals,  # an interrupt must reach the kernel
+                        **popen_user(user),
                     )
             except OSError as exc:
                 return {"error": str(exc)}
@@ -246,6 +261,7 @@ class ModelWorkerActor:
         self.requests = self.dir / "requests"
         self.log = self.dir / "worker.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.user: jobuser.JobUser | None = None  # the --job-user it runs as (None: ours)
         self._sock: socket.socket | None = None
         self._reader: Any = None
         self._lock = threading.Lock()  # one request at a time on the socket
@@ -262,6 +278,11 @@ class ModelWorkerActor:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(int(i)) for i in ray.get_gpu_ids())
         env["VRUNGPU_WORKSPACE"] = str(self.model_dir)
         python = spec["python"] if os.path.exists(spec["python"]) else sys.executable
+        try:  # the worker reads its model and writes each request's result, nothing more
+            self.user, env = as_job_user(spec.get("user"), self.dir, self.requests, env)
+        except ValueError as exc:
+            return {"error": str(exc)}
+        jobuser.share_read(self.model_dir, self.user)
         parent, child = socket.socketpair()
         try:
             with open(self.log, "ab") as log:
@@ -276,6 +297,7 @@ class ModelWorkerActor:
                     start_new_session=True,
                     pass_fds=(child.fileno(),),
                     preexec_fn=_default_signals,
+                    **popen_user(self.user),
                 )  # fmt: skip
         except OSError as exc:
             parent.close()
@@ -296,6 +318,7 @@ class ModelWorkerActor:
             folder.mkdir()
             try:
                 (folder / "input.json").write_bytes(input_json)
+                jobuser.hand_over(str(folder), self.user)  # the worker writes its result here
                 message = {
                     "id": request_id,
                     "input": str(folder / "input.json"),
@@ -351,6 +374,28 @@ class ModelWorkerActor:
         if self._sock is not None:
             self._sock.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def as_job_user(
+    name: str | None, actor_dir: Path, own: Path, env: dict[str, str]
+) -> tuple[jobuser.JobUser | None, dict[str, str]]:
+    """Who the actor's process runs as, and its environment: the gateway's ``--job-user``
+    ``name`` when this Ray worker is root (``own`` is handed to that user, the actor's folder
+    made passable, nothing else in it opened); None when no user is asked or this worker is
+    not root (the process runs as the Ray worker's user). ValueError: no such user here."""
+    if not name or os.geteuid() != 0:
+        return None, env
+    user = jobuser.JobUser.named(name)
+    actor_dir.chmod(0o711)
+    jobuser.hand_over(str(own), user)
+    return user, jobuser.environment(env, user, str(own))
+
+
+def popen_user(user: jobuser.JobUser | None) -> dict[str, Any]:
+    """``subprocess.Popen`` arguments that start the process as ``user`` (none: as we are)."""
+    if user is None:
+        return {}
+    return {"user": user.uid, "group": user.gid, "extra_groups": []}
 
 
 def end_group(proc: subprocess.Popen[bytes], grace_s: float) -> int:

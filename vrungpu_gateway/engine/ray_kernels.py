@@ -114,7 +114,13 @@ class RayKernelLauncher(KernelLauncher):
             ).remote(kernel_id)
         env = job_environment(task_id=kernel_id, workspace="", gpu_ids=gpu_ids, user_env=user_env)
         env["VRUNGPU_KERNEL_ID"] = kernel_id
-        spec = {"argv": self.argv(), "env": env, "key": secrets.token_hex(32)}
+        user = self.runner.job_user
+        spec = {
+            "argv": self.argv(),
+            "env": env,
+            "key": secrets.token_hex(32),
+            "user": user.name if user else None,  # where the node's Ray workers run as root
+        }
         try:
             info = await asyncio.wait_for(actor.start.remote(spec), PLACE_TIMEOUT_S)
         except (TimeoutError, self.ray.exceptions.RayError) as exc:

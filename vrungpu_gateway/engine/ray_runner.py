@@ -14,10 +14,10 @@ GPUs); Ray picks which physical GPU, so a task's ``gpu_ids`` are slots, and the 
 ``CUDA_VISIBLE_DEVICES`` is what Ray gave its actor.
 
 Remote kernels and warm model workers run under Ray actors too (``engine/ray_kernels.py``,
-``engine/ray_workers.py``). Not on Ray (yet): ``--job-user`` does not apply (a job runs as
-its Ray worker); a job's own environment (requirements) is built on the gateway's host and used
-only where that path exists on the node; a node's copy of a job's output is not capped (the
-gateway's copy is, --max-log-mb).
+``engine/ray_workers.py``). ``--job-user`` applies on a node whose Ray workers run as root
+(elsewhere a job runs as its Ray worker's user). Not on Ray (yet): a job's own environment
+(requirements) is built on the gateway's host and used only where that path exists on the
+node; a node's copy of a job's output is not capped (the gateway's copy is, --max-log-mb).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from vrungpu_gateway.engine import logs as logfiles
+from vrungpu_gateway.engine.jobuser import JobUser
 from vrungpu_gateway.engine.ray_actor import JobActor, unzip_into, zip_dir
 from vrungpu_gateway.engine.runner import JobExit, JobSpec, OutputCallback
 from vrungpu_gateway.engine.shim import truncation_notice
@@ -198,9 +199,16 @@ class RayRunner:
     """Starts every job under a Ray actor; adopts the ones still running after a restart."""
 
     def __init__(
-        self, *, ray: Any, workspace_of: Callable[[str], Path], logs_dir: Path, max_log_bytes: int
+        self,
+        *,
+        ray: Any,
+        workspace_of: Callable[[str], Path],
+        logs_dir: Path,
+        max_log_bytes: int,
+        job_user: JobUser | None = None,
     ) -> None:
         self.ray = ray
+        self.job_user = job_user  # jobs run as this user where their Ray worker is root
         self.max_log_bytes = max_log_bytes
         self.workspace_of = workspace_of
         self.logs_dir = logs_dir
@@ -225,6 +233,7 @@ class RayRunner:
         payload = {
             "argv": spec.argv,
             "env": spec.env,
+            "user": self.job_user.name if self.job_user else None,
             "max_log_bytes": self.max_log_bytes,
             "notice": truncation_notice(self.max_log_bytes),
         }

@@ -46,9 +46,9 @@ class RayWorkers:
         log_path: Path,
         user: JobUser | None = None,
     ) -> RayWorkerProcess:
-        """Start a worker for ``model_dir`` on a node with its GPUs; OSError when it cannot.
-        ``user`` does not apply: the worker runs as its Ray worker does."""
-        del log_path, user  # the worker's log stays on its node, beside the actor
+        """Start a worker for ``model_dir`` on a node with its GPUs (as ``user`` where the
+        node's Ray workers run as root); OSError when it cannot."""
+        del log_path  # the worker's log stays on its node, beside the actor
         gpus = len([i for i in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if i])
         worker_id = env.get("VRUNGPU_TASK_ID") or uuid.uuid4().hex
         actor = self._actor_class.options(
@@ -58,7 +58,12 @@ class RayWorkers:
             max_restarts=0,
         ).remote(worker_id)
         model_zip = await asyncio.to_thread(zip_dir, model_dir)
-        spec = {"python": python, "artifact": artifact, "env": env}
+        spec = {
+            "python": python,
+            "artifact": artifact,
+            "env": env,
+            "user": user.name if user else None,
+        }
         try:
             info = await asyncio.wait_for(actor.start.remote(spec, model_zip), PLACE_TIMEOUT_S)
         except (TimeoutError, self.ray.exceptions.RayError) as exc:
