@@ -57,6 +57,22 @@ class RayWorkers:
             max_concurrency=4,  # exit_detail and stop while a predict waits
             max_restarts=0,
         ).remote(worker_id)
+        try:
+            return await self._start(actor, worker_id, model_dir, artifact, env, python, user)
+        except BaseException:  # cancelled while Ray placed it, or it failed: no actor stays
+            _kill(self.ray, actor)
+            raise
+
+    async def _start(
+        self,
+        actor: Any,
+        worker_id: str,
+        model_dir: Path,
+        artifact: str,
+        env: dict[str, str],
+        python: str,
+        user: JobUser | None,
+    ) -> RayWorkerProcess:
         model_zip = await asyncio.to_thread(zip_dir, model_dir)
         spec = {
             "python": python,
@@ -67,10 +83,9 @@ class RayWorkers:
         try:
             info = await asyncio.wait_for(actor.start.remote(spec, model_zip), PLACE_TIMEOUT_S)
         except (TimeoutError, self.ray.exceptions.RayError) as exc:
-            _kill(self.ray, actor)
-            raise OSError(f"the model worker's Ray actor did not start: {exc}") from exc
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise OSError(f"the model worker's Ray actor did not start: {first}") from exc
         if info.get("error"):
-            _kill(self.ray, actor)
             raise OSError(info["error"])
         log.info("%s: Ray actor on node %s, pid %s", worker_id, info["node_id"][:12], info["pid"])
         return RayWorkerProcess(self.ray, actor, pid=info["pid"])
