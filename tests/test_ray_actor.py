@@ -3,16 +3,19 @@ byte offsets up to the log limit, and kill/close of a job's whole process group.
 
 from __future__ import annotations
 
+import io
 import os
+import pwd
 import subprocess
 import sys
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support import pid_alive, wait_for
-from vrungpu_gateway.engine.ray_actor import JobActor, unzip_into, zip_dir
+from vrungpu_gateway.engine.ray_actor import JobActor, read_own_file, unzip_into, zip_dir
 
 
 @pytest.fixture
@@ -70,3 +73,48 @@ def test_close_removes_the_nodes_copy(actor: JobActor) -> None:
     assert os.path.isdir(actor.dir)
     actor.close()
     assert not actor.dir.exists()
+
+
+def test_what_a_job_left_running_outside_its_group_ends_with_it(actor: JobActor) -> None:
+    """A setsid child carries the job's VRUNGPU_TASK_ID: the end of the job ends it too."""
+    code = (
+        "import subprocess, sys\n"
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'],"
+        " start_new_session=True)\nprint(p.pid, flush=True)\n"
+    )
+    actor.proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "VRUNGPU_TASK_ID": actor.task_id},
+        start_new_session=True,
+    )
+    assert actor.proc.stdout is not None
+    escaped = int(actor.proc.stdout.readline())
+    assert actor.proc.wait(timeout=30) == 0 and pid_alive(escaped)
+    actor.workspace.mkdir()
+    actor.workspace_zip()  # the job ended: its files go back once nothing of it runs
+    wait_for(lambda: not pid_alive(escaped), 10, what="the escaped child to end")
+    actor.proc.stdout.close()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="files of another owner need root")
+def test_only_the_owners_regular_files_are_read_never_through_a_link(tmp_path: Path) -> None:
+    nobody = pwd.getpwnam("nobody")
+    root_file = tmp_path / "secret"
+    root_file.write_text("root only")
+    ws = tmp_path / "ws"
+    (ws / "sub").mkdir(parents=True)
+    (ws / "mine.txt").write_text("the job's")
+    (ws / "link").symlink_to(root_file)
+    (ws / "sub" / "rooted.txt").write_text("a root file in the job's folder")
+    os.mkfifo(ws / "fifo")
+    for path in (ws, ws / "sub", ws / "mine.txt", ws / "fifo"):
+        os.lchown(path, nobody.pw_uid, nobody.pw_gid)
+    assert read_own_file(ws / "mine.txt", nobody.pw_uid) == b"the job's"
+    assert read_own_file(ws / "link", nobody.pw_uid) is None  # never followed
+    assert read_own_file(ws / "link", None) is None
+    assert read_own_file(ws / "fifo", nobody.pw_uid) is None  # and never blocks
+    assert read_own_file(ws / "sub" / "rooted.txt", nobody.pw_uid) is None
+    assert read_own_file(ws / "mine.txt", nobody.pw_uid, limit=3) is None  # over the limit
+    with zipfile.ZipFile(io.BytesIO(zip_dir(ws, owner=nobody.pw_uid))) as archive:
+        assert archive.namelist() == ["mine.txt"]

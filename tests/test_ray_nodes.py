@@ -105,6 +105,37 @@ open("mine.txt", "w").write("written on the node")
 print(os.getuid(), os.environ["USER"], token)
 """
 
+# Every other actor's folder on this node (a job, or a warm model's worker): none can be
+# listed, and none of the names a job could guess opens.
+PRYING_JOB = """
+import glob, os
+mine = os.environ["VRUNGPU_WORKSPACE"]
+opened = []
+for folder in glob.glob("/tmp/vrungpu-*"):
+    if mine.startswith(folder) or "vrungpu-pg-" in folder:  # a test suite's PostgreSQL
+        continue
+    for name in ("", "stdout.log", "stderr.log", "worker.log", "workspace", "model"):
+        path = os.path.join(folder, name)
+        try:
+            os.listdir(path) if os.path.isdir(path) else open(path).read()
+            opened.append(path)
+        except OSError:
+            pass
+print(len(glob.glob("/tmp/vrungpu-*")) > 1, opened)
+"""
+
+# A model that makes its result a link to a file it must not read (the gateway's token).
+LINKING_HANDLER = """
+import os, sys
+
+def load(model_dir):
+    sys.modules["__main__"]._write_result = lambda path, result: os.symlink(result, path)
+    return None
+
+def predict(model, data):
+    return data["target"]
+"""
+
 WHO_AM_I_HANDLER = """
 import os
 
@@ -158,6 +189,24 @@ def test_jobs_and_model_workers_run_as_the_job_user_on_the_nodes(
         )
         assert res.status_code == 200 and res.json()["status"] == "completed", res.text
         assert res.json()["result"] == {"uid": nobody, "change model": "PermissionError"}
-        assert gw.api.delete(f"/model/{model['model_id']}").status_code == 200
+
+        # while that model's worker is warm on its node, a job pries at every actor's folder
+        prying = gw.api.post("/run/sync", json={"code": PRYING_JOB}).json()
+        assert prying["status"] == "completed", prying
+        assert prying["stdout"].strip() == "True []"
+
+        files = [("model_file", ("w.txt", b"1")), ("files", ("handler.py", LINKING_HANDLER))]
+        linking = gw.api.post("/model/register", files=files, data={"name": "links"}).json()
+        res = gw.api.post(
+            f"/model/{linking['model_id']}/inference",
+            json={"input_data": {"target": token}, "sync": True},
+        )
+        task = res.json()
+        assert task["status"] == "failed", task
+        assert "not a regular file of the model worker's own" in task["error"]
+        result = gw.api.get(f"/task/{task['task_id']}/files/result.json")
+        assert result.status_code == 404 and gw.token not in result.text
+        for model_id in (model["model_id"], linking["model_id"]):
+            assert gw.api.delete(f"/model/{model_id}").status_code == 200
     finally:
         gw.stop()

@@ -17,9 +17,11 @@ import contextlib
 import io
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -29,19 +31,42 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from vrungpu_gateway.engine import jobuser
+from vrungpu_gateway.engine import containment, jobuser
 
 STREAMS = ("stdout", "stderr")
+MAX_RESULT_BYTES = 64 * 2**20  # a result a model worker on Ray sends back to the gateway
 
 
-def zip_dir(root: Path) -> bytes:
-    """The regular files under ``root`` as a zip (symlinks are not followed)."""
+def zip_dir(root: Path, *, owner: int | None = None) -> bytes:
+    """The regular files under ``root`` as a zip (symlinks are not followed); with ``owner``,
+    only the files that uid owns (a job user's folder: never a root file linked into it)."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
         for path in sorted(root.rglob("*")):
-            if path.is_file() and not path.is_symlink():
-                archive.write(path, path.relative_to(root).as_posix())
+            data = read_own_file(path, owner)
+            if data is not None:
+                archive.writestr(path.relative_to(root).as_posix(), data)
     return buffer.getvalue()
+
+
+def read_own_file(path: Path, owner: int | None, limit: int | None = None) -> bytes | None:
+    """The bytes of ``path`` if it is a regular file (not a link, a FIFO or a device) owned by
+    ``owner`` when given and at most ``limit`` bytes; None otherwise. Opened once, without
+    following a link, so a job user cannot swap in a root file between check and read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    info = os.fstat(fd)
+    if (
+        not stat.S_ISREG(info.st_mode)
+        or (owner is not None and info.st_uid != owner)
+        or (limit is not None and info.st_size > limit)
+    ):
+        os.close(fd)
+        return None
+    with os.fdopen(fd, "rb") as file:
+        return file.read() if limit is None else file.read(limit + 1)
 
 
 def unzip_into(data: bytes, root: Path) -> None:
@@ -57,8 +82,9 @@ class JobActor:
     def __init__(self, task_id: str) -> None:
         self.task_id = task_id
         self.dir = Path(tempfile.mkdtemp(prefix=f"vrungpu-{task_id}-"))
-        self.workspace = self.dir / "workspace"
+        self.workspace = self.dir / unguessable("workspace")
         self.proc: subprocess.Popen[bytes] | None = None
+        self.user: jobuser.JobUser | None = None  # the --job-user it runs as (None: ours)
         self.cuda = ""
         self.limit_bytes = 0  # per stream, as the gateway's --max-log-mb
         self.notice = b""  # what ends a stream cut at the limit
@@ -78,13 +104,13 @@ class JobActor:
         if not os.path.exists(argv[0]):  # the gateway's interpreter is not on this node
             argv[0] = sys.executable
         try:
-            user, env = as_job_user(spec.get("user"), self.dir, self.workspace, env)
+            self.user, env = as_job_user(spec.get("user"), self.dir, self.workspace, env)
         except ValueError as exc:
             return {"error": str(exc)}
         try:
             with (
-                open(self._log(STREAMS[0]), "ab") as out,
-                open(self._log(STREAMS[1]), "ab") as err,
+                open_private(self._log(STREAMS[0])) as out,
+                open_private(self._log(STREAMS[1])) as err,
             ):
                 self.proc = subprocess.Popen(
                     argv,
@@ -95,7 +121,7 @@ class JobActor:
                     stderr=err,
                     start_new_session=True,  # its own group: kill() ends all of it
                     preexec_fn=_default_signals,  # SIGTERM must reach it (grace)
-                    **popen_user(user),
+                    **popen_user(self.user),
                 )
         except OSError as exc:
             return {"error": str(exc)}
@@ -136,17 +162,19 @@ class JobActor:
 
     def kill(self, grace_s: float) -> int | None:
         """SIGTERM to the job's group, SIGKILL after ``grace_s``; its exit code."""
-        return None if self.proc is None else end_group(self.proc, grace_s)
+        return None if self.proc is None else end_group(self.proc, grace_s, self.task_id)
 
     def workspace_zip(self) -> bytes:
-        return zip_dir(self.workspace)
+        """The workspace once the job ended, after what it left running is gone."""
+        if self.proc is not None:
+            end_group(self.proc, 0.0, self.task_id)
+        return zip_dir(self.workspace, owner=self.user.uid if self.user else None)
 
     def close(self) -> None:
         """End whatever is left of the job and remove its files (the actor is killed next)."""
         with self._lock:
             if self.proc is not None:
-                _signal_group(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+                end_group(self.proc, 0.0, self.task_id)
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -156,9 +184,9 @@ class KernelActor:
     def __init__(self, kernel_id: str) -> None:
         self.kernel_id = kernel_id
         self.dir = Path(tempfile.mkdtemp(prefix=f"vrungpu-kernel-{kernel_id}-"))
-        self.workspace = self.dir / "workspace"
+        self.workspace = self.dir / unguessable("workspace")
         self.workspace.mkdir()
-        self.connection_file = self.dir / "kernel.json"
+        self.connection_file = self.dir / unguessable("kernel", ".json")  # it holds the key
         self.connection: dict[str, Any] | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
@@ -193,7 +221,7 @@ class KernelActor:
             except ValueError as exc:
                 return {"error": str(exc)}
             try:
-                with open(self.dir / "stderr.log", "ab") as err:
+                with open_private(self.dir / "stderr.log") as err:
                     self.proc = subprocess.Popen(
                         argv,
                         cwd=self.workspace,
@@ -232,7 +260,7 @@ class KernelActor:
 
     def kill(self, grace_s: float) -> int | None:
         """SIGTERM to the kernel's group, SIGKILL after ``grace_s``; its exit code."""
-        return None if self.proc is None else end_group(self.proc, grace_s)
+        return None if self.proc is None else end_group(self.proc, grace_s, self.kernel_id)
 
     def stderr_tail(self) -> str:
         try:
@@ -257,8 +285,7 @@ class ModelWorkerActor:
     def __init__(self, worker_id: str) -> None:
         self.worker_id = worker_id
         self.dir = Path(tempfile.mkdtemp(prefix=f"vrungpu-{worker_id}-"))
-        self.model_dir = self.dir / "model"
-        self.requests = self.dir / "requests"
+        self.model_dir = self.dir / unguessable("model")
         self.log = self.dir / "worker.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.user: jobuser.JobUser | None = None  # the --job-user it runs as (None: ours)
@@ -273,19 +300,18 @@ class ModelWorkerActor:
         from vrungpu_gateway.engine import worker_main
 
         unzip_into(model_zip, self.model_dir)
-        self.requests.mkdir()
         env = dict(spec["env"])
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(int(i)) for i in ray.get_gpu_ids())
         env["VRUNGPU_WORKSPACE"] = str(self.model_dir)
         python = spec["python"] if os.path.exists(spec["python"]) else sys.executable
         try:  # the worker reads its model and writes each request's result, nothing more
-            self.user, env = as_job_user(spec.get("user"), self.dir, self.requests, env)
+            self.user, env = as_job_user(spec.get("user"), self.dir, None, env)
         except ValueError as exc:
             return {"error": str(exc)}
         jobuser.share_read(self.model_dir, self.user)
         parent, child = socket.socketpair()
         try:
-            with open(self.log, "ab") as log:
+            with open_private(self.log) as log:
                 self.proc = subprocess.Popen(
                     [python, "-u", worker_main.__file__, "--fd", str(child.fileno()),
                      "--model-dir", str(self.model_dir), "--artifact", spec["artifact"]],
@@ -312,13 +338,19 @@ class ModelWorkerActor:
         return self._receive()
 
     def predict(self, request_id: str, input_json: bytes) -> tuple[dict[str, Any] | None, bytes]:
-        """One request: the worker's reply (None: it ended) and the result file's bytes."""
+        """One request: the worker's reply (None: it ended) and the result file's bytes.
+
+        Its folder is made here, in the actor's own (which the job user cannot change), with
+        the input in it, and only then given to the job user; the result is read without
+        following links and only if the job user owns it, so a hostile model cannot turn a
+        root read or chown of ours onto another file."""
         with self._lock:
-            folder = self.requests / request_id
-            folder.mkdir()
+            folder = self.dir / unguessable("request")
+            folder.mkdir(mode=0o700)
             try:
                 (folder / "input.json").write_bytes(input_json)
-                jobuser.hand_over(str(folder), self.user)  # the worker writes its result here
+                if self.user is not None:
+                    os.chown(folder, self.user.uid, self.user.gid)
                 message = {
                     "id": request_id,
                     "input": str(folder / "input.json"),
@@ -330,8 +362,14 @@ class ModelWorkerActor:
                 except OSError:
                     return None, b""
                 reply = self._receive()
-                result = folder / "result.json"
-                return reply, result.read_bytes() if result.exists() else b""
+                if reply is None or not reply.get("ok"):
+                    return reply, b""
+                owner = self.user.uid if self.user else None
+                result = read_own_file(folder / "result.json", owner, MAX_RESULT_BYTES)
+                if result is None or len(result) > MAX_RESULT_BYTES:
+                    reply.update(ok=False, error=_result_refused(folder / "result.json"))
+                    return reply, b""
+                return reply, result
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
 
@@ -365,30 +403,55 @@ class ModelWorkerActor:
         if not kill:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=grace_s)
-        return end_group(self.proc, grace_s)
+        return end_group(self.proc, grace_s, self.worker_id)
 
     def close(self) -> None:
         """End what is left of the worker and remove its files (the actor is killed next)."""
         if self.proc is not None:
-            end_group(self.proc, 0.0)
+            end_group(self.proc, 0.0, self.worker_id)
         if self._sock is not None:
             self._sock.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def as_job_user(
-    name: str | None, actor_dir: Path, own: Path, env: dict[str, str]
+    name: str | None, actor_dir: Path, own: Path | None, env: dict[str, str]
 ) -> tuple[jobuser.JobUser | None, dict[str, str]]:
     """Who the actor's process runs as, and its environment: the gateway's ``--job-user``
-    ``name`` when this Ray worker is root (``own`` is handed to that user, the actor's folder
-    made passable, nothing else in it opened); None when no user is asked or this worker is
-    not root (the process runs as the Ray worker's user). ValueError: no such user here."""
+    ``name`` when this Ray worker is root (``own`` is handed to that user; the actor's folder
+    becomes passable, not readable: what the user may reach in it has an unguessable name,
+    the rest is 0600); None when no user is asked or this worker is not root (the process
+    runs as the Ray worker's user). ValueError: no such user here."""
     if not name or os.geteuid() != 0:
         return None, env
     user = jobuser.JobUser.named(name)
     actor_dir.chmod(0o711)
-    jobuser.hand_over(str(own), user)
-    return user, jobuser.environment(env, user, str(own))
+    if own is not None:
+        jobuser.hand_over(str(own), user)
+    return user, jobuser.environment(env, user, str(own or actor_dir))
+
+
+def unguessable(name: str, suffix: str = "") -> str:
+    """A name in an actor's folder that only those told it can open (the folder is 0711)."""
+    return f"{name}-{secrets.token_hex(16)}{suffix}"
+
+
+def open_private(path: Path) -> Any:
+    """``path`` opened to append, readable by its owner only (a log of the actor's)."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
+
+
+def _result_refused(path: Path) -> str:
+    try:
+        size = os.lstat(path).st_size
+    except OSError:
+        return "predict() wrote no result file"
+    if size > MAX_RESULT_BYTES:
+        return (
+            f"the result is {size:,} bytes: a model served on Ray sends back at most "
+            f"{MAX_RESULT_BYTES // 2**20} MB"
+        )
+    return "the result file is not a regular file of the model worker's own"
 
 
 def popen_user(user: jobuser.JobUser | None) -> dict[str, Any]:
@@ -398,16 +461,19 @@ def popen_user(user: jobuser.JobUser | None) -> dict[str, Any]:
     return {"user": user.uid, "group": user.gid, "extra_groups": []}
 
 
-def end_group(proc: subprocess.Popen[bytes], grace_s: float) -> int:
-    """SIGTERM to the group ``proc`` leads, SIGKILL after ``grace_s`` (what it left in its
-    group too); its exit code."""
+def end_group(proc: subprocess.Popen[bytes], grace_s: float, marker: str) -> int:
+    """SIGTERM to the group ``proc`` leads, SIGKILL after ``grace_s``, then to whatever it
+    left running: in its group, or elsewhere with its ``VRUNGPU_TASK_ID`` (``marker``); its
+    exit code."""
     if proc.poll() is None:
         _signal_group(proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
         while proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
     _signal_group(proc.pid, signal.SIGKILL)
-    return proc.wait()
+    code = proc.wait()
+    containment.kill_leftovers(marker, job_pgid=proc.pid)
+    return code
 
 
 def _default_signals() -> None:

@@ -30,6 +30,7 @@ import os
 import pickle
 import socket
 import sys
+import threading
 import time
 import traceback
 import warnings
@@ -44,6 +45,7 @@ TORCH_SUFFIXES = (".pt", ".pth", ".pt2", ".ckpt", ".bin")
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
 MAX_CAPTURE = 64 * 1024
 MAX_ERROR = 1000
+PARENT_CHECK_S = 1.0
 
 Predict = Callable[[Any], Any]
 
@@ -247,6 +249,19 @@ def serve_one(predict: Predict, request: dict[str, Any]) -> dict[str, Any]:
     return reply
 
 
+def _exit_with_parent() -> None:
+    """End this worker when whoever started it (the gateway, or its Ray actor) is gone, even
+    in the middle of a predict that never returns: its GPU is handed to the next worker."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="VrunGPU model worker (started by the gateway)")
     parser.add_argument("--fd", type=int, required=True, help="the socket to the gateway")
@@ -262,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         writer.write(json.dumps(message, default=str).encode() + b"\n")
         writer.flush()
 
+    _exit_with_parent()
     print(f"worker {os.getpid()}: loading {model_dir}", file=sys.stderr, flush=True)
     message, predict = boot(model_dir, args.artifact)
     send(message)
