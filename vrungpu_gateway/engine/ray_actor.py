@@ -104,7 +104,9 @@ class JobActor:
         if not os.path.exists(argv[0]):  # the gateway's interpreter is not on this node
             argv[0] = sys.executable
         try:
-            self.user, env = as_job_user(spec.get("user"), self.dir, self.workspace, env)
+            self.user, env = as_job_user(
+                spec.get("user"), self.dir, env, home=self.workspace, give=True
+            )
         except ValueError as exc:
             return {"error": str(exc)}
         try:
@@ -197,7 +199,8 @@ class KernelActor:
         from jupyter_client.connect import write_connection_file
 
         with self._lock:
-            if self.connection is None:  # ports stay the same across restarts
+            first = self.connection is None  # a restart keeps the ports and the workspace
+            if first:
                 _, written = write_connection_file(
                     str(self.connection_file),
                     ip=ray.util.get_node_ip_address(),
@@ -215,7 +218,10 @@ class KernelActor:
             if not os.path.exists(argv[2]):  # nor its package: ipykernel's own launcher
                 argv[2:3] = ["-m", "ipykernel_launcher"]
             try:
-                user, env = as_job_user(spec.get("user"), self.dir, self.workspace, env)
+                # the workspace is handed over once: at a restart it holds the user's files
+                user, env = as_job_user(
+                    spec.get("user"), self.dir, env, home=self.workspace, give=first
+                )
                 if user is not None:  # the kernel reads its connection file
                     os.chown(self.connection_file, user.uid, user.gid)
             except ValueError as exc:
@@ -305,7 +311,9 @@ class ModelWorkerActor:
         env["VRUNGPU_WORKSPACE"] = str(self.model_dir)
         python = spec["python"] if os.path.exists(spec["python"]) else sys.executable
         try:  # the worker reads its model and writes each request's result, nothing more
-            self.user, env = as_job_user(spec.get("user"), self.dir, None, env)
+            self.user, env = as_job_user(
+                spec.get("user"), self.dir, env, home=self.model_dir, give=False
+            )
         except ValueError as exc:
             return {"error": str(exc)}
         jobuser.share_read(self.model_dir, self.user)
@@ -415,20 +423,20 @@ class ModelWorkerActor:
 
 
 def as_job_user(
-    name: str | None, actor_dir: Path, own: Path | None, env: dict[str, str]
+    name: str | None, actor_dir: Path, env: dict[str, str], *, home: Path, give: bool
 ) -> tuple[jobuser.JobUser | None, dict[str, str]]:
     """Who the actor's process runs as, and its environment: the gateway's ``--job-user``
-    ``name`` when this Ray worker is root (``own`` is handed to that user; the actor's folder
-    becomes passable, not readable: what the user may reach in it has an unguessable name,
-    the rest is 0600); None when no user is asked or this worker is not root (the process
-    runs as the Ray worker's user). ValueError: no such user here."""
+    ``name`` when this Ray worker is root (``home`` is its HOME, handed to it if ``give``; the
+    actor's folder becomes passable, not readable: what the user may reach in it has an
+    unguessable name, the rest is 0600); None when no user is asked or this worker is not root
+    (the process runs as the Ray worker's user). ValueError: no such user here."""
     if not name or os.geteuid() != 0:
         return None, env
     user = jobuser.JobUser.named(name)
     actor_dir.chmod(0o711)
-    if own is not None:
-        jobuser.hand_over(str(own), user)
-    return user, jobuser.environment(env, user, str(own or actor_dir))
+    if give:
+        jobuser.hand_over(str(home), user)
+    return user, jobuser.environment(env, user, str(home))
 
 
 def unguessable(name: str, suffix: str = "") -> str:
