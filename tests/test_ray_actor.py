@@ -15,7 +15,16 @@ from pathlib import Path
 import pytest
 
 from tests.support import pid_alive, wait_for
-from vrungpu_gateway.engine.ray_actor import JobActor, read_own_file, unzip_into, zip_dir
+from tests.test_secrets import SYSTEM_PYTHON
+from vrungpu_gateway.engine.jobuser import TASK_IDS, JobUser
+from vrungpu_gateway.engine.ray_actor import (
+    NOT_FETCHED,
+    JobActor,
+    popen_user,
+    read_own_file,
+    unzip_into,
+    zip_dir,
+)
 
 
 @pytest.fixture
@@ -118,3 +127,36 @@ def test_only_the_owners_regular_files_are_read_never_through_a_link(tmp_path: P
     assert read_own_file(ws / "mine.txt", nobody.pw_uid, limit=3) is None  # over the limit
     with zipfile.ZipFile(io.BytesIO(zip_dir(ws, owner=nobody.pw_uid))) as archive:
         assert archive.namelist() == ["mine.txt"]
+
+
+def test_files_past_the_fetch_limit_are_named_not_sent(tmp_path: Path) -> None:
+    (tmp_path / "a").write_bytes(b"a" * 10)
+    (tmp_path / "b").write_bytes(b"b" * 10)
+    (tmp_path / "sub").mkdir()
+    with zipfile.ZipFile(io.BytesIO(zip_dir(tmp_path, limit=15))) as archive:
+        assert sorted(archive.namelist()) == ["a", NOT_FETCHED]
+        assert archive.read(NOT_FETCHED).decode().splitlines()[1:] == ["b"]
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="a task's own uid needs root")
+@pytest.mark.skipif(not os.access(SYSTEM_PYTHON, os.X_OK), reason=f"no {SYSTEM_PYTHON}")
+def test_what_runs_as_the_tasks_uid_ends_with_it_marker_or_not(actor: JobActor) -> None:
+    """A daemon that left the group and cleared its environment is still the task's uid."""
+    actor.user = JobUser("nobody", TASK_IDS.start + 4242, TASK_IDS.start + 4242, "")
+    daemon = (
+        "import os, sys, time\n"
+        "if os.fork():\n    os._exit(0)\nos.setsid()\n"
+        "print(os.getpid(), flush=True)\ntime.sleep(600)\n"
+    )
+    actor.proc = subprocess.Popen(
+        ["/usr/bin/env", "-i", SYSTEM_PYTHON, "-c", daemon],  # one the task's uid may run
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+        **popen_user(actor.user),
+    )
+    assert actor.proc.stdout is not None
+    escaped = int(actor.proc.stdout.readline())
+    assert pid_alive(escaped)
+    actor.kill(0.5)  # the leader is gone already: only the uid finds the daemon
+    wait_for(lambda: not pid_alive(escaped), 10, what="the daemon to end")
+    actor.proc.stdout.close()

@@ -22,8 +22,9 @@ import tornado.httpclient
 import tornado.httpserver
 import tornado.web
 
-from tests.support import REPO, TOKEN, GatewayProcess, wait_for
+from tests.support import REPO, TOKEN, Gate, GatewayProcess, wait_for
 from vrungpu_gateway import logmask
+from vrungpu_gateway.engine.jobuser import TASK_IDS, JobUser
 from vrungpu_gateway.engine.shim import ShimSpec
 
 SYSTEM_PYTHON = "/usr/bin/python3.11"  # world-executable on Debian (see the second-wave facts)
@@ -239,6 +240,19 @@ try:
     seen["list"] = "read"
 except OSError as exc:
     seen["list"] = type(exc).__name__
+for name in ("cwd", "environ"):  # the first task runs still: its process, through /proc
+    try:
+        os.readlink(f"/proc/{os.environ['OTHER_PID']}/cwd") if name == "cwd" else open(
+            f"/proc/{os.environ['OTHER_PID']}/environ"
+        ).read()
+        seen["proc " + name] = "read"
+    except OSError as exc:
+        seen["proc " + name] = type(exc).__name__
+try:
+    os.kill(int(os.environ["OTHER_PID"]), 0)
+    seen["signal"] = "sent"
+except OSError as exc:
+    seen["signal"] = type(exc).__name__
 with open("mine.txt", "w") as fh:
     fh.write("written by the job")
 print(json.dumps(seen))
@@ -254,9 +268,13 @@ def test_a_job_cannot_read_secrets_or_other_tasks_but_its_own_workspace_works(
     gw = start_gateway(
         open_base / "data", token="", extra=["--python", SYSTEM_PYTHON, "--job-user", "nobody"]
     )
-    assert "jobs and kernels run as nobody" in gw.log()
-    first = gw.api.submit("open('private.txt', 'w').write('first task')")
-    assert gw.api.wait_status(first, "completed", "failed")["status"] == "completed"
+    assert "jobs and kernels run with nobody's rights, each as a uid of its own" in gw.log()
+    gate = Gate(open_base / "go")  # the job's own uid can see it: open_base is 0711
+    first = gw.api.submit(
+        "import os\nopen('private.txt', 'w').write('first task')\n"
+        "print(os.getpid(), flush=True)\n" + gate.code
+    )
+    other_pid = wait_for(lambda: gw.api.task(first)["stdout"].strip(), 30, what="first's pid")
     names = [
         "token",
         "vrungpu.db",
@@ -265,11 +283,17 @@ def test_a_job_cannot_read_secrets_or_other_tasks_but_its_own_workspace_works(
         f"workspaces/{first}/private.txt",
         f"workspaces/{first}/main.py",
     ]
-    second = gw.api.submit(PRYING_JOB, args=names)
+    second = gw.api.submit(PRYING_JOB, args=names, env={"OTHER_PID": other_pid})
     task = gw.api.wait_status(second, "completed", "failed")
+    gate.open()
     assert task["status"] == "completed", task
+    assert gw.api.wait_status(first, "completed", "failed")["status"] == "completed"
     seen = json.loads(task["stdout"].strip().splitlines()[-1])
-    assert seen["uid"] == pwd.getpwnam("nobody").pw_uid and seen["user"] == "nobody"
+    proc = {"proc cwd": "PermissionError", "proc environ": "PermissionError"}
+    assert {key: seen[key] for key in proc} == proc and seen["signal"] == "PermissionError"
+    nobody = JobUser.named("nobody")
+    assert seen["uid"] == nobody.for_task(second).uid != nobody.for_task(first).uid
+    assert seen["uid"] in TASK_IDS and seen["user"] == "nobody"
     assert seen["home"] == str((open_base / "data" / "workspaces" / second).resolve())
     assert {name: seen[name] for name in names} == dict.fromkeys(names, "PermissionError")
     assert seen["list"] == "PermissionError"
@@ -400,7 +424,7 @@ def test_a_model_worker_runs_the_models_code_as_the_job_user(
     task = res.json()
     assert task["status"] == "completed", task
     seen = task["result"]
-    assert seen["uid"] == pwd.getpwnam("nobody").pw_uid
+    assert seen["uid"] in TASK_IDS  # the worker's own uid, with nobody's rights
     assert seen["token"] == seen["vrungpu.db"] == "PermissionError"
     assert seen["change model"] == "PermissionError"  # its model: read, never changed
     ws = gw.data_dir / "workspaces" / task["task_id"]

@@ -135,6 +135,23 @@ def marked(task_id: str) -> set[int]:
     return found
 
 
+def owned_by(uid: int) -> set[int]:
+    """Live processes whose real uid is ``uid`` (a task's own uid: every one of them is the
+    task's, however it left the group and whatever it did to its environment)."""
+    found = set()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = Path(f"/proc/{entry.name}/status").read_text()
+            real = int(status.split("\nUid:", 1)[1].split()[0])
+        except (OSError, IndexError, ValueError):
+            continue
+        if real == uid and is_alive(int(entry.name)):
+            found.add(int(entry.name))
+    return found
+
+
 def cgroup_members(group: Path | None) -> set[int]:
     if group is None:
         return set()
@@ -178,11 +195,16 @@ def kill_leftovers(
     shim_pid: int | None = None,
     group: Path | None = None,
     job_pgid: int | None = None,
+    uid: int | None = None,
 ) -> int:
-    """SIGKILL whatever is left of a job, until nothing is (bounded); how many were found."""
+    """SIGKILL whatever is left of a job, until nothing is (bounded); how many were found.
+    ``uid``: the job's own uid, whose every process is the job's."""
 
     def find() -> set[int]:
-        return job_processes(task_id, shim_pid=shim_pid, group=group, job_pgid=job_pgid)
+        found = job_processes(task_id, shim_pid=shim_pid, group=group, job_pgid=job_pgid)
+        if uid is not None:
+            found |= owned_by(uid) - {os.getpid()}
+        return found
 
     found = find()
     total = len(found)

@@ -2,7 +2,10 @@
 
 A gateway running as root runs its jobs, remote kernels and model workers as an
 unprivileged user, so that a job cannot read the token, the database, the logs or other
-tasks' workspaces. The shim (root) forks the job and the job child alone drops to that user
+tasks' workspaces. Each of them gets a uid (and gid) of its own (``JobUser.for_task``), with
+the rights of the ``--job-user`` it derives from and nothing more: two jobs running at once
+cannot reach each other through ``/proc`` (a working directory, memory, signals) as they
+could under one shared uid. The shim (root) forks the job and the job child alone drops to that user
 (``drop``), after it joined its cgroup; the shim keeps the cgroup and the log files. The
 workspace is the job user's while the job runs (``hand_over``) and root's again after it
 (``take_back``), so a later job of the same user cannot open it.
@@ -15,6 +18,7 @@ said loudly at start; ``NAME`` insists (refused with one line when it cannot wor
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import pwd
@@ -27,6 +31,10 @@ log = logging.getLogger(__name__)
 AUTO = "auto"
 SAME = "gateway"  # jobs run as the gateway's own user
 DEFAULT_NAME = "nobody"
+# Per-task uids and gids: 2^30 of them above every account's, so two of 100 tasks running at
+# once share one with a chance of about 5 in a million. Needs a full uid map (a container's
+# user namespace that maps only 65,536 ids refuses them: the job fails to start, saying so).
+TASK_IDS = range(2**30, 2**31)
 CHECK_TIMEOUT_S = 30.0
 PACKAGE_FILE = str(Path(__file__).resolve())  # kernels and model workers run files beside it
 
@@ -50,6 +58,14 @@ class JobUser:
 
     def as_dict(self) -> dict[str, object]:
         return {"name": self.name, "uid": self.uid, "gid": self.gid, "home": self.home}
+
+    def for_task(self, task_id: str) -> JobUser:
+        """The uid and gid of one task, job, kernel or model worker: the same for the same id
+        (a restarted gateway finds it again), drawn from ``TASK_IDS`` ids that no account
+        holds, so it owns nothing but what is handed to it. Its name stays ours (USER)."""
+        digest = int.from_bytes(hashlib.sha256(task_id.encode()).digest()[:8], "big")
+        uid = TASK_IDS.start + digest % len(TASK_IDS)
+        return JobUser(self.name, uid, uid, "")
 
 
 def drop(user: JobUser | None) -> None:
@@ -137,12 +153,13 @@ def choose(setting: str | None, *, python: str, reach: Path) -> Isolation:
             raise ValueError(f"--job-user {setting} needs a gateway running as root (it is {me})")
         return Isolation(None, _same_user_line(me, asked=False))
     user = JobUser.named(DEFAULT_NAME if setting == AUTO else setting)
-    problem = usable(user, python=python, reach=reach)
+    problem = usable(user.for_task("probe"), python=python, reach=reach)  # as a task runs
     if problem is None:
         return Isolation(
             user,
-            f"jobs and kernels run as {user.name} (uid {user.uid}): they cannot read the "
-            "token, the database, the logs or other tasks' workspaces",
+            f"jobs and kernels run with {user.name}'s rights, each as a uid of its own (from "
+            f"{TASK_IDS.start}): they cannot read the token, the database, the logs or other "
+            "tasks' workspaces, nor reach each other's processes",
         )
     if setting != AUTO:
         raise ValueError(f"--job-user {setting}: {problem}")

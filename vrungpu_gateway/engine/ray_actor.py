@@ -35,18 +35,38 @@ from vrungpu_gateway.engine import containment, jobuser
 
 STREAMS = ("stdout", "stderr")
 MAX_RESULT_BYTES = 64 * 2**20  # a result a model worker on Ray sends back to the gateway
+MAX_FETCH_BYTES = 2**30  # a job's files a Ray node sends back at its end (in memory)
+NOT_FETCHED = "vrungpu-not-fetched.txt"
 
 
-def zip_dir(root: Path, *, owner: int | None = None) -> bytes:
+def zip_dir(root: Path, *, owner: int | None = None, limit: int | None = None) -> bytes:
     """The regular files under ``root`` as a zip (symlinks are not followed); with ``owner``,
-    only the files that uid owns (a job user's folder: never a root file linked into it)."""
+    only the files that uid owns (a job user's folder: never a root file linked into it); with
+    ``limit``, files up to that many bytes in all, and ``NOT_FETCHED`` naming the others."""
     buffer = io.BytesIO()
+    left, skipped = limit, []
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
         for path in sorted(root.rglob("*")):
-            data = read_own_file(path, owner)
-            if data is not None:
-                archive.writestr(path.relative_to(root).as_posix(), data)
+            name = path.relative_to(root).as_posix()
+            data = read_own_file(path, owner, left)
+            if data is None and left is not None and _size(path) > left:
+                skipped.append(name)
+            elif data is not None:
+                archive.writestr(name, data)
+                left = None if left is None else left - len(data)
+        if skipped:
+            notice = f"Not fetched from the Ray node (over {limit:,} bytes in all):\n"
+            archive.writestr(NOT_FETCHED, notice + "".join(f"{n}\n" for n in skipped))
     return buffer.getvalue()
+
+
+def _size(path: Path) -> int:
+    """A regular file's size (0 for anything else)."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return 0
+    return info.st_size if stat.S_ISREG(info.st_mode) else 0
 
 
 def read_own_file(path: Path, owner: int | None, limit: int | None = None) -> bytes | None:
@@ -84,7 +104,7 @@ class JobActor:
         self.dir = Path(tempfile.mkdtemp(prefix=f"vrungpu-{task_id}-"))
         self.workspace = self.dir / unguessable("workspace")
         self.proc: subprocess.Popen[bytes] | None = None
-        self.user: jobuser.JobUser | None = None  # the --job-user it runs as (None: ours)
+        self.user: jobuser.JobUser | None = None  # the task's own uid it runs as (None: ours)
         self.cuda = ""
         self.limit_bytes = 0  # per stream, as the gateway's --max-log-mb
         self.notice = b""  # what ends a stream cut at the limit
@@ -107,7 +127,7 @@ class JobActor:
             self.user, env = as_job_user(
                 spec.get("user"), self.dir, env, home=self.workspace, give=True
             )
-        except ValueError as exc:
+        except OSError as exc:
             return {"error": str(exc)}
         try:
             with (
@@ -164,19 +184,22 @@ class JobActor:
 
     def kill(self, grace_s: float) -> int | None:
         """SIGTERM to the job's group, SIGKILL after ``grace_s``; its exit code."""
-        return None if self.proc is None else end_group(self.proc, grace_s, self.task_id)
+        if self.proc is None:
+            return None
+        return end_group(self.proc, grace_s, self.task_id, self.user)
 
     def workspace_zip(self) -> bytes:
         """The workspace once the job ended, after what it left running is gone."""
         if self.proc is not None:
-            end_group(self.proc, 0.0, self.task_id)
-        return zip_dir(self.workspace, owner=self.user.uid if self.user else None)
+            end_group(self.proc, 0.0, self.task_id, self.user)
+        owner = self.user.uid if self.user else None
+        return zip_dir(self.workspace, owner=owner, limit=MAX_FETCH_BYTES)
 
     def close(self) -> None:
         """End whatever is left of the job and remove its files (the actor is killed next)."""
         with self._lock:
             if self.proc is not None:
-                end_group(self.proc, 0.0, self.task_id)
+                end_group(self.proc, 0.0, self.task_id, self.user)
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -190,6 +213,7 @@ class KernelActor:
         self.workspace.mkdir()
         self.connection_file = self.dir / unguessable("kernel", ".json")  # it holds the key
         self.connection: dict[str, Any] | None = None
+        self.user: jobuser.JobUser | None = None  # the task's own uid it runs as (None: ours)
         self.proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
 
@@ -219,12 +243,12 @@ class KernelActor:
                 argv[2:3] = ["-m", "ipykernel_launcher"]
             try:
                 # the workspace is handed over once: at a restart it holds the user's files
-                user, env = as_job_user(
+                self.user, env = as_job_user(
                     spec.get("user"), self.dir, env, home=self.workspace, give=first
                 )
-                if user is not None:  # the kernel reads its connection file
-                    os.chown(self.connection_file, user.uid, user.gid)
-            except ValueError as exc:
+                if self.user is not None:  # the kernel reads its connection file
+                    os.chown(self.connection_file, self.user.uid, self.user.gid)
+            except OSError as exc:
                 return {"error": str(exc)}
             try:
                 with open_private(self.dir / "stderr.log") as err:
@@ -237,7 +261,7 @@ class KernelActor:
                         stderr=err,
                         start_new_session=True,
                         preexec_fn=_default_signals,  # an interrupt must reach the kernel
-                        **popen_user(user),
+                        **popen_user(self.user),
                     )
             except OSError as exc:
                 return {"error": str(exc)}
@@ -266,7 +290,9 @@ class KernelActor:
 
     def kill(self, grace_s: float) -> int | None:
         """SIGTERM to the kernel's group, SIGKILL after ``grace_s``; its exit code."""
-        return None if self.proc is None else end_group(self.proc, grace_s, self.kernel_id)
+        if self.proc is None:
+            return None
+        return end_group(self.proc, grace_s, self.kernel_id, self.user)
 
     def stderr_tail(self) -> str:
         try:
@@ -294,7 +320,7 @@ class ModelWorkerActor:
         self.model_dir = self.dir / unguessable("model")
         self.log = self.dir / "worker.log"
         self.proc: subprocess.Popen[bytes] | None = None
-        self.user: jobuser.JobUser | None = None  # the --job-user it runs as (None: ours)
+        self.user: jobuser.JobUser | None = None  # the task's own uid it runs as (None: ours)
         self._sock: socket.socket | None = None
         self._reader: Any = None
         self._lock = threading.Lock()  # one request at a time on the socket
@@ -314,7 +340,7 @@ class ModelWorkerActor:
             self.user, env = as_job_user(
                 spec.get("user"), self.dir, env, home=self.model_dir, give=False
             )
-        except ValueError as exc:
+        except OSError as exc:
             return {"error": str(exc)}
         jobuser.share_read(self.model_dir, self.user)
         parent, child = socket.socketpair()
@@ -411,28 +437,28 @@ class ModelWorkerActor:
         if not kill:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=grace_s)
-        return end_group(self.proc, grace_s, self.worker_id)
+        return end_group(self.proc, grace_s, self.worker_id, self.user)
 
     def close(self) -> None:
         """End what is left of the worker and remove its files (the actor is killed next)."""
         if self.proc is not None:
-            end_group(self.proc, 0.0, self.worker_id)
+            end_group(self.proc, 0.0, self.worker_id, self.user)
         if self._sock is not None:
             self._sock.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def as_job_user(
-    name: str | None, actor_dir: Path, env: dict[str, str], *, home: Path, give: bool
+    asked: dict[str, Any] | None, actor_dir: Path, env: dict[str, str], *, home: Path, give: bool
 ) -> tuple[jobuser.JobUser | None, dict[str, str]]:
-    """Who the actor's process runs as, and its environment: the gateway's ``--job-user``
-    ``name`` when this Ray worker is root (``home`` is its HOME, handed to it if ``give``; the
-    actor's folder becomes passable, not readable: what the user may reach in it has an
-    unguessable name, the rest is 0600); None when no user is asked or this worker is not root
-    (the process runs as the Ray worker's user). ValueError: no such user here."""
-    if not name or os.geteuid() != 0:
+    """Who the actor's process runs as, and its environment: the task's own uid the gateway
+    chose (``JobUser.for_task``, no account needed on the node) when this Ray worker is root
+    (``home`` is its HOME, handed to it if ``give``; the actor's folder becomes passable, not
+    readable: what the user may reach in it has an unguessable name, the rest is 0600); None
+    when none is asked or this worker is not root (it runs as the Ray worker's user)."""
+    if not asked or os.geteuid() != 0:
         return None, env
-    user = jobuser.JobUser.named(name)
+    user = jobuser.JobUser(**asked)
     actor_dir.chmod(0o711)
     if give:
         jobuser.hand_over(str(home), user)
@@ -469,10 +495,15 @@ def popen_user(user: jobuser.JobUser | None) -> dict[str, Any]:
     return {"user": user.uid, "group": user.gid, "extra_groups": []}
 
 
-def end_group(proc: subprocess.Popen[bytes], grace_s: float, marker: str) -> int:
+def end_group(
+    proc: subprocess.Popen[bytes],
+    grace_s: float,
+    marker: str,
+    user: jobuser.JobUser | None = None,
+) -> int:
     """SIGTERM to the group ``proc`` leads, SIGKILL after ``grace_s``, then to whatever it
-    left running: in its group, or elsewhere with its ``VRUNGPU_TASK_ID`` (``marker``); its
-    exit code."""
+    left running: in its group, elsewhere with its ``VRUNGPU_TASK_ID`` (``marker``), or as
+    its own uid (``user``); its exit code."""
     if proc.poll() is None:
         _signal_group(proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
@@ -480,7 +511,7 @@ def end_group(proc: subprocess.Popen[bytes], grace_s: float, marker: str) -> int
             time.sleep(0.05)
     _signal_group(proc.pid, signal.SIGKILL)
     code = proc.wait()
-    containment.kill_leftovers(marker, job_pgid=proc.pid)
+    containment.kill_leftovers(marker, job_pgid=proc.pid, uid=user.uid if user else None)
     return code
 
 

@@ -119,7 +119,8 @@ class RayKernelLauncher(KernelLauncher):
             "argv": self.argv(),
             "env": env,
             "key": secrets.token_hex(32),
-            "user": user.name if user else None,  # where the node's Ray workers run as root
+            # where the node's Ray workers run as root
+            "user": user.for_task(kernel_id).as_dict() if user else None,
         }
         try:
             info = await asyncio.wait_for(actor.start.remote(spec), PLACE_TIMEOUT_S)

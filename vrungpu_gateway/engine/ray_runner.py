@@ -208,7 +208,7 @@ class RayRunner:
         job_user: JobUser | None = None,
     ) -> None:
         self.ray = ray
-        self.job_user = job_user  # jobs run as this user where their Ray worker is root
+        self.job_user = job_user  # jobs run as its per-task uids where their Ray worker is root
         self.max_log_bytes = max_log_bytes
         self.workspace_of = workspace_of
         self.logs_dir = logs_dir
@@ -233,7 +233,7 @@ class RayRunner:
         payload = {
             "argv": spec.argv,
             "env": spec.env,
-            "user": self.job_user.name if self.job_user else None,
+            "user": self.job_user.for_task(spec.task_id).as_dict() if self.job_user else None,
             "max_log_bytes": self.max_log_bytes,
             "notice": truncation_notice(self.max_log_bytes),
         }

@@ -78,7 +78,7 @@ class RayWorkers:
             "python": python,
             "artifact": artifact,
             "env": env,
-            "user": user.name if user else None,
+            "user": user.as_dict() if user else None,
         }
         try:
             info = await asyncio.wait_for(actor.start.remote(spec, model_zip), PLACE_TIMEOUT_S)

@@ -336,7 +336,7 @@ class DetachedRunner:
         job_user: JobUser | None = None,
     ) -> None:
         self.pace = pace
-        self.job_user = job_user  # every job and kernel runs as this user (None: as the shim)
+        self.job_user = job_user  # jobs and kernels run as its per-task uids (None: as the shim)
         self.run_dir = run_dir
         self.logs_dir = logs_dir
         self.max_log_bytes = max_log_bytes
@@ -385,7 +385,7 @@ class DetachedRunner:
             timeout_s=spec.timeout_s,
             grace_s=spec.grace_s,
             max_log_bytes=self.max_log_bytes,
-            user=self.job_user.as_dict() if self.job_user else None,
+            user=self.job_user.for_task(spec.task_id).as_dict() if self.job_user else None,
         ).dump(files.spec)
 
     async def _spawn(

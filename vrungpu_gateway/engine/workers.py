@@ -176,7 +176,7 @@ class WorkerPool:
     ) -> None:
         if max_warm < 1:
             raise ValueError("max_warm must be at least 1")
-        self.job_user = job_user  # workers run the model's code as this user (None: ours)
+        self.job_user = job_user  # workers run the model's code as its uids (None: ours)
         self.spawn = spawn  # a local process, or one under a Ray actor
         self.tasks = tasks
         self.models = models
@@ -314,8 +314,9 @@ class WorkerPool:
             gpu_ids=worker.gpu_ids,
             user_env={"PYTHONDONTWRITEBYTECODE": "1"},  # keep the model folder as registered
         )
-        env = jobuser.environment(env, self.job_user, str(model_dir))
-        await asyncio.to_thread(jobuser.share_read, model_dir, self.job_user)
+        user = self._user_of(worker)
+        env = jobuser.environment(env, user, str(model_dir))
+        await asyncio.to_thread(jobuser.share_read, model_dir, user)
         log_path = self.layout.logs / f"{worker.worker_id}.log"
         process = await self.spawn(
             python=self.tasks.python,
@@ -323,7 +324,7 @@ class WorkerPool:
             artifact=artifact,
             env=env,
             log_path=log_path,
-            user=self.job_user,
+            user=user,
         )
         self.starts += 1
         if worker.state is WorkerState.STOPPING:  # stopped while it spawned: end it here
@@ -348,6 +349,10 @@ class WorkerPool:
             f"{worker.load_ms} ms ({worker.handler})",
         )
 
+    def _user_of(self, worker: Worker) -> JobUser | None:
+        """The uid the worker runs the model's code as: its own (None: the gateway's)."""
+        return self.job_user.for_task(worker.worker_id) if self.job_user else None
+
     def _check_alive(self, worker: Worker) -> None:
         if worker.state is WorkerState.STOPPING:
             raise WorkerFailed(f"the model worker stopped: {worker.stop_reason}")
@@ -361,7 +366,8 @@ class WorkerPool:
             "input": str(spec.cwd / INPUT_FILE),
             "output": str(spec.cwd / RESULT_FILE),
         }
-        await asyncio.to_thread(jobuser.hand_over, str(spec.cwd), self.job_user)
+        user = self._user_of(worker)  # the worker writes the task's result file
+        await asyncio.to_thread(jobuser.hand_over, str(spec.cwd), user)
         try:
             reply = await worker.process.request(message)
         except WorkerGone as exc:
@@ -372,7 +378,7 @@ class WorkerPool:
             await self._retire(worker, "a request was cancelled or timed out mid-predict", True)
             raise
         finally:
-            await asyncio.to_thread(jobuser.take_back, str(spec.cwd), self.job_user)
+            await asyncio.to_thread(jobuser.take_back, str(spec.cwd), user)
         worker.last_used, worker.last_used_at = time.monotonic(), utcnow()
         forward_output(out, reply)
         if reply.get("ok"):

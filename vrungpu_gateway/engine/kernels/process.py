@@ -62,8 +62,9 @@ class KernelLauncher:
             kernel_name=kernel_id,
         )
         user = self.runner.job_user
-        if user is not None:  # the kernel reads it after its drop to the job user
-            os.chown(path, user.uid, user.gid)
+        if user is not None:  # the kernel reads it after its drop to its own uid
+            own = user.for_task(kernel_id)
+            os.chown(path, own.uid, own.gid)
         return path
 
     async def start(
