@@ -17,11 +17,11 @@ import pytest
 from tests.support import pid_alive, wait_for
 from tests.test_secrets import SYSTEM_PYTHON
 from vrungpu_gateway.engine.jobuser import TASK_IDS, JobUser
+from vrungpu_gateway.engine.paths import read_own_file
 from vrungpu_gateway.engine.ray_actor import (
     NOT_FETCHED,
     JobActor,
     popen_user,
-    read_own_file,
     unzip_into,
     zip_dir,
 )

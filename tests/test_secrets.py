@@ -427,5 +427,67 @@ def test_a_model_worker_runs_the_models_code_as_the_job_user(
     assert seen["uid"] in TASK_IDS  # the worker's own uid, with nobody's rights
     assert seen["token"] == seen["vrungpu.db"] == "PermissionError"
     assert seen["change model"] == "PermissionError"  # its model: read, never changed
+    [worker] = gw.api.get("/models/workers").json()["workers"]
+    command = Path(f"/proc/{worker['pid']}/cmdline").read_bytes()  # what every user can read
+    assert model["model_id"].encode() not in command and b"/models/" not in command
     ws = gw.data_dir / "workspaces" / task["task_id"]
     assert (ws.stat().st_uid, mode(ws)) == (0, 0o700)
+
+
+PROVING_BACKEND = """
+import os, zipfile
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    try:
+        open({token!r}).read()
+        token = "read"
+    except OSError as exc:
+        token = type(exc).__name__
+    with open({proof!r}, "w") as fh:
+        fh.write(f"{{os.getuid()}} {{token}}")
+    name = "provedpkg-1.0-py3-none-any.whl"
+    dist = "provedpkg-1.0.dist-info"
+    with zipfile.ZipFile(os.path.join(wheel_directory, name), "w") as archive:
+        archive.writestr("provedpkg/__init__.py", "VALUE = 'built'\\n")
+        archive.writestr(dist + "/METADATA", "Metadata-Version: 2.1\\nName: provedpkg\\n"
+                         "Version: 1.0\\n")
+        archive.writestr(dist + "/WHEEL", "Wheel-Version: 1.0\\nRoot-Is-Purelib: true\\n"
+                         "Tag: py3-none-any\\n")
+        archive.writestr(dist + "/RECORD", "")
+    return name
+"""
+
+
+@needs_root
+@needs_system_python
+@needs_readable_checkout
+def test_a_requirements_build_runs_the_packages_code_unprivileged(
+    start_gateway: Callable[..., GatewayProcess], open_base: Path
+) -> None:
+    """A source build runs the package's own code: never as root (it read the token)."""
+    gw = start_gateway(
+        open_base / "data",
+        token="",
+        extra=["--python", SYSTEM_PYTHON, "--job-user", "nobody", "--gpus", "none"],
+        env={"UV_OFFLINE": "1", "UV_NO_CONFIG": "1"},
+    )
+    project, proof = open_base / "proved", open_base / "proof"
+    project.mkdir()
+    (project / "pyproject.toml").write_text(
+        '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n'
+        '[project]\nname = "provedpkg"\nversion = "1.0"\n'
+    )
+    token = str(gw.data_dir / "token")
+    (project / "backend.py").write_text(PROVING_BACKEND.format(token=token, proof=str(proof)))
+    open_base.chmod(0o733)  # the builder may write its proof there, not list it
+    code = "import provedpkg\nprint(provedpkg.VALUE)\n"
+    task_id = gw.api.submit(code, requirements=[f"provedpkg @ {project.as_uri()}"])
+    task = gw.api.wait_status(task_id, "completed", "failed", timeout_s=180)
+    assert task["status"] == "completed", task
+    assert task["stdout"].strip().splitlines()[-1] == "built"
+    uid, token_read = proof.read_text().split()
+    assert int(uid) in TASK_IDS and token_read == "PermissionError"
+    [env] = [p.parent for p in (gw.data_dir / "envs").glob("*/vrungpu-env.json")]
+    assert env.stat().st_uid == 0 and mode(env) == 0o755  # ours now, readable, not writable
+    assert all(p.lstat().st_uid == 0 for p in env.rglob("*"))
+    assert not list((gw.data_dir / "envs").glob(".*uv-cache"))

@@ -142,6 +142,7 @@ class Gateway:
             python=config.python,
             uv=config.uv or find_uv(),
             max_bytes=int(config.env_cache_mb * 2**20),
+            builder=isolation.user,
         )
         tasks = TaskManager(
             repo=task_repo,

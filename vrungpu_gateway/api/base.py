@@ -108,15 +108,26 @@ class BaseHandler(tornado.web.RequestHandler):
         return self.int_argument(name, 0)
 
     async def send_file(self, path: Path, filename: str | None = None) -> None:
-        """Stream a file as an attachment, reading it off the event loop."""
-        shown = re.sub(r"[^A-Za-z0-9._ -]", "_", filename or path.name) or "download"
-        self.set_header("Content-Type", "application/octet-stream")
-        self.set_header("Content-Disposition", f'attachment; filename="{shown}"')
-        self.set_header("Content-Length", str(await asyncio.to_thread(os.path.getsize, path)))
-        with open(path, "rb") as fh:
-            while chunk := await asyncio.to_thread(fh.read, 1024 * 1024):
+        """Stream a file of ours (never a job's: ``send_fd``) as an attachment."""
+        fd = await asyncio.to_thread(os.open, path, os.O_RDONLY)
+        await self.send_fd(fd, filename or path.name)
+
+    async def send_fd(self, fd: int, filename: str) -> None:
+        """Stream the open file ``fd`` as an attachment, off the event loop; its length is the
+        one it had when opened (a job may still change it: never more is sent)."""
+        shown = re.sub(r"[^A-Za-z0-9._ -]", "_", filename) or "download"
+        with os.fdopen(fd, "rb") as fh:
+            left = os.fstat(fd).st_size
+            self.set_header("Content-Type", "application/octet-stream")
+            self.set_header("Content-Disposition", f'attachment; filename="{shown}"')
+            self.set_header("Content-Length", str(left))
+            while left and (chunk := await asyncio.to_thread(fh.read, min(left, 1024 * 1024))):
+                left -= len(chunk)
                 self.write(chunk)
                 await self.flush()
+            if left:  # it shrank while sent: the connection ends short, never with other bytes
+                self.request.connection.close()
+                return
         self.finish()
 
     # -- errors ------------------------------------------------------------------------------

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from vrungpu_gateway.api.base import BaseHandler
 from vrungpu_gateway.api.schemas import parse_code, parse_task_spec
 from vrungpu_gateway.engine import logs as logfiles
-from vrungpu_gateway.engine.paths import resolve_inside
+from vrungpu_gateway.engine.paths import open_inside
 from vrungpu_gateway.engine.workspace import list_files, write_code
 from vrungpu_gateway.errors import InvalidRequest, NotFound
 from vrungpu_gateway.protocol import STREAMS, Device, TaskStatus, TaskType
@@ -201,10 +202,13 @@ class TaskFilesHandler(BaseHandler):
                 }
             )
             return
-        target = resolve_inside(workspace, path, what="file path")
-        if not target.is_file():
-            raise NotFound(f"no file {path!r} in task {task_id}'s workspace", code="file_not_found")
-        await self.send_file(target)
+        try:  # the job's uid may change its workspace while we read: nothing outside is opened
+            fd = await asyncio.to_thread(open_inside, workspace, path, what="file path")
+        except FileNotFoundError:
+            raise NotFound(
+                f"no file {path!r} in task {task_id}'s workspace", code="file_not_found"
+            ) from None
+        await self.send_fd(fd, PurePosixPath(path).name)
 
 
 ROUTES = [

@@ -1,8 +1,10 @@
-"""The one path-safety check: a user-given relative path must stay inside its root."""
+"""The one path-safety check: a user-given relative path must stay inside its root, and a
+file a job can change is opened without following a link."""
 
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path, PurePosixPath
 
 from vrungpu_gateway.errors import InvalidRequest
@@ -31,3 +33,49 @@ def resolve_inside(root: Path, raw: str, *, what: str = "path") -> Path:
     if target != root_real and root_real not in target.parents:
         raise InvalidRequest(f"{what} escapes its folder: {raw!r}", code="unsafe_path")
     return target
+
+
+def open_inside(root: Path, raw: str, *, what: str = "path") -> int:
+    """A read-only fd of the regular file ``raw`` names inside ``root``. Each folder on the way
+    is opened relative to the last without following a link, and the file itself too, without
+    blocking on a FIFO: a job that swaps a folder or its file for a link (or a FIFO) between
+    our check and our read gets nothing. FileNotFoundError when there is no such file."""
+    rel = safe_relative(raw, what=what)
+    try:
+        folder = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise FileNotFoundError(raw) from exc
+    try:
+        for part in rel.parts[:-1]:
+            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=folder)
+            os.close(folder)
+            folder = inner
+        fd = os.open(rel.parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=folder)
+    except OSError as exc:
+        raise FileNotFoundError(raw) from exc
+    finally:
+        os.close(folder)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise FileNotFoundError(raw)
+    return fd
+
+
+def read_own_file(path: Path, owner: int | None, limit: int | None = None) -> bytes | None:
+    """The bytes of ``path`` if it is a regular file (not a link, a FIFO or a device) owned by
+    ``owner`` when given and at most ``limit`` bytes; None otherwise. Opened once, without
+    following a link, so a job's uid cannot swap in a root file between check and read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    info = os.fstat(fd)
+    if (
+        not stat.S_ISREG(info.st_mode)
+        or (owner is not None and info.st_uid != owner)
+        or (limit is not None and info.st_size > limit)
+    ):
+        os.close(fd)
+        return None
+    with os.fdopen(fd, "rb") as file:
+        return file.read() if limit is None else file.read(limit + 1)

@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import subprocess
 import time
 from collections.abc import Callable
@@ -29,7 +30,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from vrungpu_gateway.engine import containment, jobuser
 from vrungpu_gateway.engine.environment import ALLOWED
+from vrungpu_gateway.engine.jobuser import JobUser
 from vrungpu_gateway.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
@@ -247,8 +250,11 @@ class _Build:
 class EnvCache:
     """The environments under ``root`` (``data/envs``): build, reuse, pin while in use, evict."""
 
-    def __init__(self, *, root: Path, python: str, uv: str, max_bytes: int) -> None:
+    def __init__(
+        self, *, root: Path, python: str, uv: str, max_bytes: int, builder: JobUser | None = None
+    ) -> None:
         self.root = root
+        self.builder = builder  # builds run as its uid for the environment (None: as we are)
         self.python = python
         self.uv = uv
         self.max_bytes = max_bytes
@@ -345,18 +351,26 @@ class EnvCache:
         path = self.root / key
         started = time.monotonic()
         log.info("task %s: building environment %s (%d packages)", task_id, key, len(requirements))
+        # a source build runs the package's own code: as an unprivileged uid of its own
+        user = self.builder.for_task(f"env-{key}") if self.builder else None
         try:
             base = await self.base()
-            await asyncio.to_thread(self._begin, path, task_id, requirements)
+            await asyncio.to_thread(self._begin, path, task_id, requirements, user)
             build.emit(f"vrungpu: building environment {key}: {' '.join(requirements)}\n".encode())
-            await self._tool(build, self.uv, "venv", "--python", base.python, str(path))
+            await self._tool(build, user, path, self.uv, "venv", "--python", base.python, str(path))
             await asyncio.to_thread(self._layer_on_base, path, base)
             excludes = str(path / EXCLUDES)
             install = ["pip", "install", "--python", str(path / "bin" / "python")]
-            await self._tool(build, self.uv, *install, "--excludes", excludes, *requirements)
+            await self._tool(
+                build, user, path, self.uv, *install, "--excludes", excludes, *requirements
+            )
+            await asyncio.to_thread(self._take_over, path, user)
             await asyncio.to_thread(self._complete, path, requirements, time.monotonic() - started)
         except BaseException as exc:
+            if user is not None:
+                await asyncio.to_thread(containment.kill_leftovers, key, uid=user.uid)
             await asyncio.to_thread(shutil.rmtree, path, True)
+            await asyncio.to_thread(shutil.rmtree, _cache_of(path), True)
             failure = exc if isinstance(exc, EnvBuildError) else EnvBuildError(f"build: {exc!r}")
             build.future.set_exception(failure)
             build.future.exception()  # retrieved: nobody may be waiting any more
@@ -370,16 +384,25 @@ class EnvCache:
             self._builds.pop(key, None)
         await self.evict()
 
-    async def _tool(self, build: _Build, *argv: str) -> None:
-        """Run one installer command, its output to the build's followers."""
+    async def _tool(self, build: _Build, user: JobUser | None, path: Path, *argv: str) -> None:
+        """Run one installer command (as ``user``), its output to the build's followers."""
+        env = tool_environment()
+        if user is not None:  # its own HOME and uv cache: nothing shared with another build
+            env = {
+                **jobuser.environment(env, user, str(path)),
+                "UV_CACHE_DIR": str(_cache_of(path)),
+            }
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             cwd=self.root,
-            env=tool_environment(),
+            env=env,
             start_new_session=True,
+            user=user.uid if user else None,
+            group=user.gid if user else None,
+            extra_groups=[] if user else None,
         )
         assert proc.stdout is not None
         try:
@@ -394,8 +417,16 @@ class EnvCache:
         if code != 0:
             raise EnvBuildError(f"installing requirements failed: {last_error_line(build.text())}")
 
-    def _begin(self, path: Path, task_id: str, requirements: list[str]) -> None:
+    def _begin(
+        self, path: Path, task_id: str, requirements: list[str], user: JobUser | None
+    ) -> None:
         shutil.rmtree(path, ignore_errors=True)  # what an interrupted build left
+        shutil.rmtree(_cache_of(path), ignore_errors=True)
+        if user is not None:  # the builder's own folders, in ours (passable, not listable)
+            self.root.chmod(0o711)
+            for folder in (path, _cache_of(path)):
+                folder.mkdir(mode=0o700)
+                os.chown(folder, user.uid, user.gid)
         stamp = datetime.now(UTC).isoformat(timespec="seconds")
         with open(self.root / BUILDS_LOG, "a") as fh:
             fh.write(f"{stamp} {path.name} task {task_id} {len(requirements)} packages\n")
@@ -404,9 +435,31 @@ class EnvCache:
         """The base interpreter's site-packages after the venv's own (``addsitedir`` also runs
         their .pth files); uv is told to leave the shared packages to them."""
         (path / EXCLUDES).write_text("".join(f"{name}\n" for name in base.excludes()))
+        (path / EXCLUDES).chmod(0o644)  # the builder reads them (our umask is 077)
         lines = "".join(f"import site; site.addsitedir({d!r})\n" for d in base.site_dirs)
         for site_packages in path.glob("lib/python*/site-packages"):
             (site_packages / "_vrungpu_base.pth").write_text(lines)
+            (site_packages / "_vrungpu_base.pth").chmod(0o644)
+
+    @staticmethod
+    def _take_over(path: Path, user: JobUser | None) -> None:
+        """The build ended: nothing of its uid runs any more, its cache goes, and the
+        environment becomes ours, readable by every job and changeable by none."""
+        if user is None:
+            return
+        containment.kill_leftovers(path.name, uid=user.uid)
+        shutil.rmtree(_cache_of(path), ignore_errors=True)
+        me, group = os.getuid(), os.getgid()
+        os.lchown(path, me, group)
+        os.chmod(path, 0o755)
+        for top, dirs, files in os.walk(path):
+            for name in (*dirs, *files):
+                entry = os.path.join(top, name)
+                os.lchown(entry, me, group)
+                mode = os.lstat(entry).st_mode
+                if not stat.S_ISLNK(mode):  # readable by all, writable by us alone
+                    searchable = 0o111 if stat.S_ISDIR(mode) else 0
+                    os.chmod(entry, (stat.S_IMODE(mode) & ~0o022) | 0o444 | searchable)
 
     def _complete(self, path: Path, requirements: list[str], build_s: float) -> None:
         info = {
@@ -485,6 +538,11 @@ def tool_environment() -> dict[str, str]:
         and k != "VIRTUAL_ENV"
     }
     return {**env, "NO_COLOR": "1"}
+
+
+def _cache_of(path: Path) -> Path:
+    """A build's own uv cache, beside its environment (removed with the build)."""
+    return path.with_name(f".{path.name}.uv-cache")
 
 
 def find_uv() -> str:

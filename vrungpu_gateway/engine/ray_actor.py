@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from vrungpu_gateway.engine import containment, jobuser
+from vrungpu_gateway.engine.paths import read_own_file
 
 STREAMS = ("stdout", "stderr")
 MAX_RESULT_BYTES = 64 * 2**20  # a result a model worker on Ray sends back to the gateway
@@ -67,26 +68,6 @@ def _size(path: Path) -> int:
     except OSError:
         return 0
     return info.st_size if stat.S_ISREG(info.st_mode) else 0
-
-
-def read_own_file(path: Path, owner: int | None, limit: int | None = None) -> bytes | None:
-    """The bytes of ``path`` if it is a regular file (not a link, a FIFO or a device) owned by
-    ``owner`` when given and at most ``limit`` bytes; None otherwise. Opened once, without
-    following a link, so a job user cannot swap in a root file between check and read."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None
-    info = os.fstat(fd)
-    if (
-        not stat.S_ISREG(info.st_mode)
-        or (owner is not None and info.st_uid != owner)
-        or (limit is not None and info.st_size > limit)
-    ):
-        os.close(fd)
-        return None
-    with os.fdopen(fd, "rb") as file:
-        return file.read() if limit is None else file.read(limit + 1)
 
 
 def unzip_into(data: bytes, root: Path) -> None:
@@ -348,9 +329,9 @@ class ModelWorkerActor:
             with open_private(self.log) as log:
                 self.proc = subprocess.Popen(
                     [python, "-u", worker_main.__file__, "--fd", str(child.fileno()),
-                     "--model-dir", str(self.model_dir), "--artifact", spec["artifact"]],
+                     "--artifact", spec["artifact"]],
                     cwd=self.model_dir,
-                    env=env,
+                    env={**env, worker_main.MODEL_DIR_VAR: str(self.model_dir)},  # not in cmdline
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,

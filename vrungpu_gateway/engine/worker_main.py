@@ -46,6 +46,7 @@ PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
 MAX_CAPTURE = 64 * 1024
 MAX_ERROR = 1000
 PARENT_CHECK_S = 1.0
+MODEL_DIR_VAR = "VRUNGPU_MODEL_DIR"
 
 Predict = Callable[[Any], Any]
 
@@ -265,9 +266,16 @@ def _exit_with_parent() -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="VrunGPU model worker (started by the gateway)")
     parser.add_argument("--fd", type=int, required=True, help="the socket to the gateway")
-    parser.add_argument("--model-dir", required=True, help="the registered model's folder")
+    parser.add_argument(
+        "--model-dir",
+        default=os.environ.get(MODEL_DIR_VAR),
+        help=f"the registered model's folder (default: ${MODEL_DIR_VAR}, which, unlike the "
+        "command line, other users cannot read)",
+    )
     parser.add_argument("--artifact", default="", help="the model file inside that folder")
     args = parser.parse_args(argv)
+    if not args.model_dir:
+        parser.error(f"--model-dir or ${MODEL_DIR_VAR} is required")
     model_dir = Path(args.model_dir).resolve()
     sys.path[0] = str(model_dir)  # model code imports as in training, not this package's folder
     sock = socket.socket(fileno=args.fd)

@@ -13,11 +13,13 @@ import json
 import logging
 import signal
 import socket
+import stat
 from pathlib import Path
 from typing import Any, Protocol
 
 from vrungpu_gateway.engine import worker_main
 from vrungpu_gateway.engine.jobuser import JobUser
+from vrungpu_gateway.engine.paths import read_own_file
 from vrungpu_gateway.engine.runner import OutputCallback, signal_group
 
 log = logging.getLogger(__name__)
@@ -94,9 +96,9 @@ class WorkerProcess:
             with open(log_path, "ab") as log_file:
                 proc = await asyncio.create_subprocess_exec(
                     *(python, "-u", str(WORKER_SCRIPT), "--fd", str(child.fileno())),
-                    *("--model-dir", str(model_dir), "--artifact", artifact),
+                    *("--artifact", artifact),
                     cwd=str(model_dir),
-                    env=env,
+                    env={**env, worker_main.MODEL_DIR_VAR: str(model_dir)},  # not in /proc cmdline
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=log_file,
                     stderr=asyncio.subprocess.STDOUT,
@@ -199,17 +201,20 @@ def write_input(workspace: Path, *, input_data: Any) -> str:
 
 
 def read_result(workspace: Path) -> Any:
-    """The result the worker wrote, or a pointer to it when too large to keep inline."""
+    """The result the worker wrote, or a pointer to it when too large to keep inline. Read
+    without following a link (the model's code may have swapped one in for a root file)."""
     path = workspace / RESULT_FILE
-    size = path.stat().st_size
-    if size > MAX_INLINE_RESULT_BYTES:
-        return {
-            "result_file": RESULT_FILE,
-            "bytes": size,
-            "detail": f"too large to inline; download {RESULT_FILE} from the task's files",
-        }
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+    data = read_own_file(path, None, MAX_INLINE_RESULT_BYTES)
+    if data is not None and len(data) <= MAX_INLINE_RESULT_BYTES:
+        return json.loads(data)
+    info = path.lstat()
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"{RESULT_FILE} is not a regular file")
+    return {
+        "result_file": RESULT_FILE,
+        "bytes": info.st_size,
+        "detail": f"too large to inline; download {RESULT_FILE} from the task's files",
+    }
 
 
 def forward_output(out: OutputCallback, message: dict[str, Any]) -> None:
