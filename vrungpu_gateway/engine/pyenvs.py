@@ -457,9 +457,9 @@ class EnvCache:
                 entry = os.path.join(top, name)
                 os.lchown(entry, me, group)
                 mode = os.lstat(entry).st_mode
-                if not stat.S_ISLNK(mode):  # readable by all, writable by us alone
+                if not stat.S_ISLNK(mode):  # readable by all, writable by us alone, no set-id
                     searchable = 0o111 if stat.S_ISDIR(mode) else 0
-                    os.chmod(entry, (stat.S_IMODE(mode) & ~0o022) | 0o444 | searchable)
+                    os.chmod(entry, (stat.S_IMODE(mode) & 0o755) | 0o444 | searchable)
 
     def _complete(self, path: Path, requirements: list[str], build_s: float) -> None:
         info = {
