@@ -4,6 +4,7 @@ the process list and gateway.json, and jobs as an unprivileged job user (as root
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -13,6 +14,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,6 +26,7 @@ import tornado.web
 
 from tests.support import REPO, TOKEN, Gate, GatewayProcess, wait_for
 from vrungpu_gateway import logmask
+from vrungpu_gateway.engine import containment
 from vrungpu_gateway.engine.jobuser import TASK_IDS, JobUser
 from vrungpu_gateway.engine.shim import ShimSpec
 
@@ -491,3 +494,53 @@ def test_a_requirements_build_runs_the_packages_code_unprivileged(
     assert env.stat().st_uid == 0 and mode(env) == 0o755  # ours now, readable, not writable
     assert all(p.lstat().st_uid == 0 for p in env.rglob("*"))
     assert not list((gw.data_dir / "envs").glob(".*uv-cache"))
+
+
+HOPPER = """
+import os, sys, time
+if os.fork():
+    os._exit(0)
+os.setsid()
+print(os.getpid(), flush=True)
+os.close(1)
+end = time.monotonic() + 60
+while time.monotonic() < end:  # a new pid every few ms: a kill by pids always comes late
+    if os.fork():
+        os._exit(0)
+    time.sleep(0.01)
+"""
+
+
+def _pids_of(uid: int) -> set[int]:
+    """Every process of ``uid`` (zombies too: here nobody may reap what was reparented)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            status = (entry / "status").read_text()
+            if int(status.split("\nUid:", 1)[1].split()[0]) == uid:
+                found.add(int(entry.name))
+    return found
+
+
+@needs_root
+@needs_system_python
+def test_a_uid_is_emptied_at_once_even_of_a_process_that_keeps_changing_pid() -> None:
+    uid = TASK_IDS.start + 777
+    starter = subprocess.Popen(
+        ["/usr/bin/env", "-i", SYSTEM_PYTHON, "-c", HOPPER],
+        stdout=subprocess.PIPE,
+        user=uid,
+        group=uid,
+        extra_groups=[],
+    )
+    assert starter.stdout is not None
+    assert starter.stdout.readline().strip()  # the hopper runs
+    starter.stdout.close()
+    starter.wait(timeout=10)
+    before = _pids_of(uid)
+    wait_for(lambda: _pids_of(uid) - before, 10, what="the hopper to take new pids")
+    containment.kill_uid(uid, uid)
+    settled = _pids_of(uid)
+    time.sleep(0.3)
+    assert _pids_of(uid) <= settled  # no new pid: nothing of the uid runs any more
+    assert not containment.owned_by(uid)

@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import tornado.iostream
 import tornado.web
 
 from vrungpu_gateway.api.jsonin import parse_object
@@ -124,7 +125,10 @@ class BaseHandler(tornado.web.RequestHandler):
             while left and (chunk := await asyncio.to_thread(fh.read, min(left, 1024 * 1024))):
                 left -= len(chunk)
                 self.write(chunk)
-                await self.flush()
+                try:
+                    await self.flush()
+                except tornado.iostream.StreamClosedError:  # the client went away
+                    return
             if left:  # it shrank while sent: the connection ends short, never with other bytes
                 self.request.connection.close()
                 return

@@ -22,6 +22,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 PR_SET_CHILD_SUBREAPER = 36
+KILL_UID_TRIES = 50
+KILL_UID_ROUNDS = 3  # kill(-1) sent at least this often before a scan may say none is left
 CGROUP_MOUNTS = (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))
 CGROUP_PARENT = "vrungpu"
 
@@ -152,6 +154,29 @@ def owned_by(uid: int) -> set[int]:
     return found
 
 
+def kill_uid(uid: int, gid: int) -> None:
+    """SIGKILL every process of ``uid`` at once: ``kill(-1)`` sent as that uid, which the kernel
+    delivers to all of them while none can fork (a process that keeps forking to a new pid
+    outruns a kill by pids), repeated until none is left. OSError if some survive."""
+    for attempt in range(KILL_UID_TRIES):
+        # a process that hops pids may be missed by a scan of /proc: kill first, then look
+        if attempt >= KILL_UID_ROUNDS and not owned_by(uid):
+            return
+        pid = os.fork()
+        if pid == 0:  # only system calls here: we may have been forked from a threaded process
+            try:
+                os.setgroups([])
+                os.setgid(gid)
+                os.setuid(uid)
+                os.kill(-1, signal.SIGKILL)
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        time.sleep(0.01)
+    if owned_by(uid):
+        raise OSError(f"processes of uid {uid} survive SIGKILL")
+
+
 def cgroup_members(group: Path | None) -> set[int]:
     if group is None:
         return set()
@@ -201,11 +226,11 @@ def kill_leftovers(
     ``uid``: the job's own uid, whose every process is the job's."""
 
     def find() -> set[int]:
-        found = job_processes(task_id, shim_pid=shim_pid, group=group, job_pgid=job_pgid)
-        if uid is not None:
-            found |= owned_by(uid) - {os.getpid()}
-        return found
+        return job_processes(task_id, shim_pid=shim_pid, group=group, job_pgid=job_pgid)
 
+    if uid is not None:  # the task's own uid: every process of it ends, however it hides
+        with contextlib.suppress(OSError):
+            kill_uid(uid, uid)
     found = find()
     total = len(found)
     deadline = time.monotonic() + 5.0

@@ -45,6 +45,7 @@ MARKER = "vrungpu-env.json"  # written last: an environment without it is incomp
 EXCLUDES = "vrungpu-excludes.txt"
 BUILDS_LOG = "builds.log"  # one line per build started, for operators (and tests)
 TASKS_DIR = ".tasks"  # each live task's requirements, so a restart can still build them
+BUILD_TIMEOUT_S = 1800  # one installer command; a hung build fails the tasks that wait for it
 # Never resolved by uv: the base interpreter's copy is used. A resolution that includes torch
 # downloads a multi-GB CUDA build even where the base has a local one.
 SHARED = frozenset({"torch", "torchvision", "torchaudio", "triton", "pytorch-triton"})
@@ -368,7 +369,8 @@ class EnvCache:
             await asyncio.to_thread(self._complete, path, requirements, time.monotonic() - started)
         except BaseException as exc:
             if user is not None:
-                await asyncio.to_thread(containment.kill_leftovers, key, uid=user.uid)
+                with contextlib.suppress(OSError):
+                    await asyncio.to_thread(_kill_builder, user)
             await asyncio.to_thread(shutil.rmtree, path, True)
             await asyncio.to_thread(shutil.rmtree, _cache_of(path), True)
             failure = exc if isinstance(exc, EnvBuildError) else EnvBuildError(f"build: {exc!r}")
@@ -405,15 +407,22 @@ class EnvCache:
             extra_groups=[] if user else None,
         )
         assert proc.stdout is not None
+        output = asyncio.ensure_future(_pump(proc.stdout, build))
         try:
-            while chunk := await proc.stdout.read(64 * 1024):
-                build.emit(chunk)
-            code = await proc.wait()
-        except asyncio.CancelledError:  # the gateway stops: leave no installer behind
+            code: int | None = await asyncio.wait_for(proc.wait(), BUILD_TIMEOUT_S)
+        except TimeoutError:
+            code = None
+        finally:  # timed out, or the gateway stops: leave no installer behind
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
-            raise
+            if user is not None:  # nor what the package's code left running (holding our pipe)
+                await asyncio.to_thread(_kill_builder, user)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(output, 5.0)
+            output.cancel()
+        if code is None:
+            raise EnvBuildError(f"installing requirements took longer than {BUILD_TIMEOUT_S} s")
         if code != 0:
             raise EnvBuildError(f"installing requirements failed: {last_error_line(build.text())}")
 
@@ -434,12 +443,10 @@ class EnvCache:
     def _layer_on_base(self, path: Path, base: BaseInterpreter) -> None:
         """The base interpreter's site-packages after the venv's own (``addsitedir`` also runs
         their .pth files); uv is told to leave the shared packages to them."""
-        (path / EXCLUDES).write_text("".join(f"{name}\n" for name in base.excludes()))
-        (path / EXCLUDES).chmod(0o644)  # the builder reads them (our umask is 077)
+        _write_readable(path / EXCLUDES, "".join(f"{name}\n" for name in base.excludes()))
         lines = "".join(f"import site; site.addsitedir({d!r})\n" for d in base.site_dirs)
         for site_packages in path.glob("lib/python*/site-packages"):
-            (site_packages / "_vrungpu_base.pth").write_text(lines)
-            (site_packages / "_vrungpu_base.pth").chmod(0o644)
+            _write_readable(site_packages / "_vrungpu_base.pth", lines)
 
     @staticmethod
     def _take_over(path: Path, user: JobUser | None) -> None:
@@ -447,7 +454,7 @@ class EnvCache:
         environment becomes ours, readable by every job and changeable by none."""
         if user is None:
             return
-        containment.kill_leftovers(path.name, uid=user.uid)
+        _kill_builder(user)  # OSError when some survive: the build fails, nothing taken over
         shutil.rmtree(_cache_of(path), ignore_errors=True)
         me, group = os.getuid(), os.getgid()
         os.lchown(path, me, group)
@@ -538,6 +545,25 @@ def tool_environment() -> dict[str, str]:
         and k != "VIRTUAL_ENV"
     }
     return {**env, "NO_COLOR": "1"}
+
+
+async def _pump(stream: asyncio.StreamReader, build: _Build) -> None:
+    while chunk := await stream.read(64 * 1024):
+        build.emit(chunk)
+
+
+def _kill_builder(user: JobUser) -> None:
+    """End every process of a build's uid (nothing of it may run once we take its folder)."""
+    containment.kill_uid(user.uid, user.gid)
+
+
+def _write_readable(path: Path, text: str) -> None:
+    """Write a file of ours, readable by all, in a folder the builder owned: never through a
+    link (nothing of the builder runs by now; this holds even if something did)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w") as file:
+        os.fchmod(fd, 0o644)
+        file.write(text)
 
 
 def _cache_of(path: Path) -> Path:

@@ -6,7 +6,9 @@ and compression ratio. These functions block (disk I/O): run them off the event 
 
 from __future__ import annotations
 
+import os
 import shutil
+import stat
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -112,11 +114,16 @@ def list_files(workspace: Path) -> list[FileEntry]:
     if not workspace.is_dir():
         return []
     entries = []
-    for path in sorted(workspace.rglob("*")):
-        if path.is_file() and not path.is_symlink():
-            st = path.stat()
-            entries.append(FileEntry(str(path.relative_to(workspace)), st.st_size, st.st_mtime))
-    return entries
+    for top, _dirs, files in os.walk(workspace):  # a running job may change it as we look
+        for name in files:
+            path = Path(top) / name
+            try:
+                st = path.lstat()
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                entries.append(FileEntry(str(path.relative_to(workspace)), st.st_size, st.st_mtime))
+    return sorted(entries, key=lambda e: e.path)
 
 
 def remove_workspace(workspace: Path) -> None:
