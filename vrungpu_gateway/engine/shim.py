@@ -268,9 +268,14 @@ class Shim:
     def _finish(self) -> None:
         self._reap()
         left = 0
-        if self._has_children() or containment.cgroup_members(self.group):
+        user = self.spec.job_user  # a uid of the task's own: whatever runs as it is the job's
+        if user is not None or self._has_children() or containment.cgroup_members(self.group):
             left = containment.kill_leftovers(
-                self.spec.task_id, shim_pid=os.getpid(), group=self.group, job_pgid=self.job_pid
+                self.spec.task_id,
+                shim_pid=os.getpid(),
+                group=self.group,
+                job_pgid=self.job_pid,
+                uid=user.uid if user else None,
             )
             self._reap()
         for sink in self.sinks.values():

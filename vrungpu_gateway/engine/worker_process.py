@@ -17,7 +17,7 @@ import stat
 from pathlib import Path
 from typing import Any, Protocol
 
-from vrungpu_gateway.engine import worker_main
+from vrungpu_gateway.engine import containment, worker_main
 from vrungpu_gateway.engine.jobuser import JobUser
 from vrungpu_gateway.engine.paths import read_own_file
 from vrungpu_gateway.engine.runner import OutputCallback, signal_group
@@ -77,6 +77,7 @@ class WorkerProcess:
         self._writer = writer
         self.log_path = log_path
         self.pid: int = proc.pid
+        self.user: JobUser | None = None  # the worker's own uid (None: ours)
 
     @classmethod
     async def spawn(
@@ -114,7 +115,9 @@ class WorkerProcess:
         finally:
             child.close()
         reader, writer = await asyncio.open_unix_connection(sock=parent, limit=STREAM_LIMIT)
-        return cls(proc, reader, writer, log_path)
+        worker = cls(proc, reader, writer, log_path)
+        worker.user = user
+        return worker
 
     async def handshake(self) -> dict[str, Any]:
         """The worker's first message: ``ready`` or ``load_error``."""
@@ -171,6 +174,9 @@ class WorkerProcess:
                     await asyncio.wait_for(asyncio.shield(self._proc.wait()), grace_s)
         signal_group(self.pid, signal.SIGKILL)  # whatever is left in its group
         code = await self._proc.wait()
+        if self.user is not None:  # and whatever the model's code left running as its uid
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(containment.kill_uid, self.user.uid, self.user.gid)
         log.info("worker pid %s: exited with %s", self.pid, code)
         await asyncio.to_thread(self.log_path.unlink, missing_ok=True)
         return code
