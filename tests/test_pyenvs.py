@@ -53,17 +53,16 @@ def write_wheel(folder: Path, name: str, version: str, code: str) -> Path:
     return wheel
 
 
-GATED_BACKEND = """
+BACKEND = """
 import os, time, zipfile
 
 def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
-    while not os.path.exists({gate!r}):  # the test decides when the build may go on
-        time.sleep(0.02)
-    name = "gatedpkg-1.0-py3-none-any.whl"
-    dist = "gatedpkg-1.0.dist-info"
+{before}
+    name = "{name}-1.0-py3-none-any.whl"
+    dist = "{name}-1.0.dist-info"
     with zipfile.ZipFile(os.path.join(wheel_directory, name), "w") as archive:
-        archive.writestr("gatedpkg/__init__.py", "VALUE = 'gated'\\n")
-        archive.writestr(dist + "/METADATA", "Metadata-Version: 2.1\\nName: gatedpkg\\n"
+        archive.writestr("{name}/__init__.py", "VALUE = {value!r}\\n")
+        archive.writestr(dist + "/METADATA", "Metadata-Version: 2.1\\nName: {name}\\n"
                          "Version: 1.0\\n")
         archive.writestr(dist + "/WHEEL", "Wheel-Version: 1.0\\nRoot-Is-Purelib: true\\n"
                          "Tag: py3-none-any\\n")
@@ -72,15 +71,22 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
 """
 
 
-def gated_project(folder: Path, gate: Gate) -> str:
-    """A local source project whose build waits for ``gate``: a requirement for it."""
+def source_project(folder: Path, name: str, value: str, before: str) -> str:
+    """A local source project (its build backend in it: nothing to download) whose build
+    runs the lines ``before`` (indented for the function) first; a requirement for it."""
     folder.mkdir()
     (folder / "pyproject.toml").write_text(
         '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n'
-        '[project]\nname = "gatedpkg"\nversion = "1.0"\n'
+        f'[project]\nname = "{name}"\nversion = "1.0"\n'
     )
-    (folder / "backend.py").write_text(GATED_BACKEND.format(gate=str(gate.path)))
-    return f"gatedpkg @ {folder.as_uri()}"
+    (folder / "backend.py").write_text(BACKEND.format(before=before, name=name, value=value))
+    return f"{name} @ {folder.as_uri()}"
+
+
+def gated_project(folder: Path, gate: Gate) -> str:
+    """A local source project whose build waits for ``gate``: a requirement for it."""
+    wait = f"    while not os.path.exists({str(gate.path)!r}):  # the test lets the build go on\n"
+    return source_project(folder, "gatedpkg", "gated", wait + "        time.sleep(0.02)")
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ import tornado.httpserver
 import tornado.web
 
 from tests.support import REPO, TOKEN, Gate, GatewayProcess, wait_for
+from tests.test_pyenvs import source_project
 from vrungpu_gateway import logmask
 from vrungpu_gateway.engine import containment
 from vrungpu_gateway.engine.jobuser import TASK_IDS, JobUser
@@ -437,28 +438,14 @@ def test_a_model_worker_runs_the_models_code_as_the_job_user(
     assert (ws.stat().st_uid, mode(ws)) == (0, 0o700)
 
 
-PROVING_BACKEND = """
-import os, zipfile
-
-def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+PROVE_UID_AND_TOKEN = """
     try:
         open({token!r}).read()
         token = "read"
     except OSError as exc:
         token = type(exc).__name__
     with open({proof!r}, "w") as fh:
-        fh.write(f"{{os.getuid()}} {{token}}")
-    name = "provedpkg-1.0-py3-none-any.whl"
-    dist = "provedpkg-1.0.dist-info"
-    with zipfile.ZipFile(os.path.join(wheel_directory, name), "w") as archive:
-        archive.writestr("provedpkg/__init__.py", "VALUE = 'built'\\n")
-        archive.writestr(dist + "/METADATA", "Metadata-Version: 2.1\\nName: provedpkg\\n"
-                         "Version: 1.0\\n")
-        archive.writestr(dist + "/WHEEL", "Wheel-Version: 1.0\\nRoot-Is-Purelib: true\\n"
-                         "Tag: py3-none-any\\n")
-        archive.writestr(dist + "/RECORD", "")
-    return name
-"""
+        fh.write(f"{{os.getuid()}} {{token}}")"""
 
 
 @needs_root
@@ -474,17 +461,12 @@ def test_a_requirements_build_runs_the_packages_code_unprivileged(
         extra=["--python", SYSTEM_PYTHON, "--job-user", "nobody", "--gpus", "none"],
         env={"UV_OFFLINE": "1", "UV_NO_CONFIG": "1"},
     )
-    project, proof = open_base / "proved", open_base / "proof"
-    project.mkdir()
-    (project / "pyproject.toml").write_text(
-        '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n'
-        '[project]\nname = "provedpkg"\nversion = "1.0"\n'
-    )
-    token = str(gw.data_dir / "token")
-    (project / "backend.py").write_text(PROVING_BACKEND.format(token=token, proof=str(proof)))
+    proof = open_base / "proof"
+    prove = PROVE_UID_AND_TOKEN.format(token=str(gw.data_dir / "token"), proof=str(proof))
+    requirement = source_project(open_base / "proved", "provedpkg", "built", prove)
     open_base.chmod(0o733)  # the builder may write its proof there, not list it
     code = "import provedpkg\nprint(provedpkg.VALUE)\n"
-    task_id = gw.api.submit(code, requirements=[f"provedpkg @ {project.as_uri()}"])
+    task_id = gw.api.submit(code, requirements=[requirement])
     task = gw.api.wait_status(task_id, "completed", "failed", timeout_s=180)
     assert task["status"] == "completed", task
     assert task["stdout"].strip().splitlines()[-1] == "built"
