@@ -526,3 +526,16 @@ def test_a_uid_is_emptied_at_once_even_of_a_process_that_keeps_changing_pid() ->
     time.sleep(0.3)
     assert _pids_of(uid) <= settled  # no new pid: nothing of the uid runs any more
     assert not containment.owned_by(uid)
+
+
+@needs_root
+def test_an_accounts_uid_is_never_emptied() -> None:
+    """nobody runs other things too (this suite's PostgreSQL): only a task's own uid goes."""
+    nobody = pwd.getpwnam("nobody")
+    other = subprocess.Popen(["sleep", "60"], user=nobody.pw_uid, group=nobody.pw_gid)
+    try:
+        containment.kill_uid(nobody.pw_uid, nobody.pw_gid)
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()

@@ -19,6 +19,8 @@ import signal
 import time
 from pathlib import Path
 
+from vrungpu_gateway.engine.jobuser import TASK_IDS
+
 log = logging.getLogger(__name__)
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -157,7 +159,10 @@ def owned_by(uid: int) -> set[int]:
 def kill_uid(uid: int, gid: int) -> None:
     """SIGKILL every process of ``uid`` at once: ``kill(-1)`` sent as that uid, which the kernel
     delivers to all of them while none can fork (a process that keeps forking to a new pid
-    outruns a kill by pids), repeated until none is left. OSError if some survive."""
+    outruns a kill by pids), repeated until none is left. OSError if some survive. Only a
+    task's own uid (``TASK_IDS``): an account's uid (``nobody``) has other processes too."""
+    if uid not in TASK_IDS:
+        return
     for attempt in range(KILL_UID_TRIES):
         # a process that hops pids may be missed by a scan of /proc: kill first, then look
         if attempt >= KILL_UID_ROUNDS and not owned_by(uid):
