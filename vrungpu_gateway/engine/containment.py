@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from vrungpu_gateway.engine.jobuser import TASK_IDS
@@ -123,37 +124,34 @@ def _tree_and_group(root: int | None, pgid: int | None) -> set[int]:
     return found
 
 
-def marked(task_id: str) -> set[int]:
-    """Processes whose environment carries this task's marker."""
-    marker = f"VRUNGPU_TASK_ID={task_id}".encode()
+def _live_where(name: str, match: Callable[[bytes], bool]) -> set[int]:
+    """Live processes whose ``/proc/PID/<name>`` file ``match`` accepts."""
     found = set()
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
-            environ = Path(f"/proc/{entry.name}/environ").read_bytes()
+            data = Path(f"/proc/{entry.name}/{name}").read_bytes()
         except OSError:
             continue
-        if marker in environ.split(b"\0") and is_alive(int(entry.name)):
+        if match(data) and is_alive(int(entry.name)):
             found.add(int(entry.name))
     return found
+
+
+def marked(task_id: str) -> set[int]:
+    """Processes whose environment carries this task's marker."""
+    marker = f"VRUNGPU_TASK_ID={task_id}".encode()
+    return _live_where("environ", lambda environ: marker in environ.split(b"\0"))
 
 
 def owned_by(uid: int) -> set[int]:
     """Live processes whose real uid is ``uid`` (a task's own uid: every one of them is the
     task's, however it left the group and whatever it did to its environment)."""
-    found = set()
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            status = Path(f"/proc/{entry.name}/status").read_text()
-            real = int(status.split("\nUid:", 1)[1].split()[0])
-        except (OSError, IndexError, ValueError):
-            continue
-        if real == uid and is_alive(int(entry.name)):
-            found.add(int(entry.name))
-    return found
+    wanted = str(uid).encode()
+    return _live_where(
+        "status", lambda status: status.split(b"\nUid:", 1)[-1].split()[:1] == [wanted]
+    )
 
 
 def kill_uid(uid: int, gid: int) -> None:

@@ -63,7 +63,8 @@ def open_inside(root: Path, raw: str, *, what: str = "path") -> int:
 
 def read_own_file(path: Path, owner: int | None, limit: int | None = None) -> bytes | None:
     """The bytes of ``path`` if it is a regular file (not a link, a FIFO or a device) owned by
-    ``owner`` when given and at most ``limit`` bytes; None otherwise. Opened once, without
+    ``owner`` when given and at most ``limit`` bytes (also if it grew as we read); None
+    otherwise. Opened once, without
     following a link, so a job's uid cannot swap in a root file between check and read."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
@@ -78,4 +79,5 @@ def read_own_file(path: Path, owner: int | None, limit: int | None = None) -> by
         os.close(fd)
         return None
     with os.fdopen(fd, "rb") as file:
-        return file.read() if limit is None else file.read(limit + 1)
+        data = file.read() if limit is None else file.read(limit + 1)
+    return None if limit is not None and len(data) > limit else data

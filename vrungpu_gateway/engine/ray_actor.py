@@ -381,7 +381,7 @@ class ModelWorkerActor:
                     return reply, b""
                 owner = self.user.uid if self.user else None
                 result = read_own_file(folder / "result.json", owner, MAX_RESULT_BYTES)
-                if result is None or len(result) > MAX_RESULT_BYTES:
+                if result is None:
                     reply.update(ok=False, error=_result_refused(folder / "result.json"))
                     return reply, b""
                 return reply, result

@@ -211,7 +211,7 @@ def read_result(workspace: Path) -> Any:
     without following a link (the model's code may have swapped one in for a root file)."""
     path = workspace / RESULT_FILE
     data = read_own_file(path, None, MAX_INLINE_RESULT_BYTES)
-    if data is not None and len(data) <= MAX_INLINE_RESULT_BYTES:
+    if data is not None:
         return json.loads(data)
     info = path.lstat()
     if not stat.S_ISREG(info.st_mode):
